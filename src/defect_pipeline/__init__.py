@@ -1,0 +1,4 @@
+"""defect_pipeline
+"""
+
+__version__ = "0.1"

@@ -1,0 +1,26 @@
+"""Typed, validated parameter blocks for every pipeline.
+
+YAML parameters (``conf/*/parameters_*.yml``) flow one way: YAML → ``params:<block>`` →
+a frozen pydantic model defined here → explicit keyword arguments into the library. Unknown
+keys and bad values fail at start-up with a message that names the key (see
+:func:`validate_parameters`), before any node runs. This package never imports Kedro.
+"""
+
+from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.data import (
+    CheckParams,
+    DataParams,
+    DemoParams,
+    MaskParams,
+    SplitParams,
+)
+
+__all__ = [
+    "CheckParams",
+    "DataParams",
+    "DemoParams",
+    "MaskParams",
+    "ParameterError",
+    "SplitParams",
+    "validate_parameters",
+]

@@ -1,0 +1,1 @@
+"""Data loading, validation and the built-in synthetic demo dataset."""

@@ -1,0 +1,1 @@
+"""Kedro pipelines: thin nodes that turn parameter blocks into typed configs and call the library."""

@@ -1,0 +1,21 @@
+"""Project settings: hooks and configuration loading.
+
+``oc.env`` is enabled for all configuration files (not only credentials) so that
+``conf/base/mlflow.yml`` can read ``MLFLOW_TRACKING_URI`` with a sqlite default.
+"""
+
+from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
+
+from defect_pipeline.hooks import ParameterValidationHook
+
+HOOKS = (ParameterValidationHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "custom_resolvers": {"oc.env": oc.env},
+    # an environment (conf/neu_seg, conf/gpu) overrides only the keys it names
+    "merge_strategy": {"parameters": "soft"},
+}
