@@ -202,8 +202,9 @@ def _scan_class_folders(root: Path, opts: ScanOptions) -> ScanResult:
             for path, reason in unusable:
                 rows.append(_row(path, None, label=label, label_source="folder", source_split=split,
                                  status="quarantined", reason=reason))
-    # loose files directly under the root (or a split folder) belong to no class
-    ignored, loose_rows = [], []
+    # hidden folders (.cache, .git) and loose non-image files are listed, never silently skipped
+    ignored = [p.name + "/" for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith(".")]
+    loose_rows = []
     loose_dirs = [root] + (top_dirs if split_first else [])
     for folder in loose_dirs:
         for path in sorted(p for p in folder.iterdir() if p.is_file()):

@@ -1,0 +1,46 @@
+"""Benchmarks that write their results into ``docs/benchmarks.md``.
+
+Each benchmark is a command (``python -m defect_pipeline.benchmarks <name> ...``) that measures
+in one run everything it compares, describes the machine, and replaces its own section of
+``docs/benchmarks.md`` (between ``<!-- bench:<name>:start -->`` and ``<!-- bench:<name>:end -->``
+markers), leaving the other sections alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def describe_machine() -> str:
+    """One line: CPU model, cores, memory, Python and OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{memory}; Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def write_section(doc: Path, name: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of the benchmarks document, atomically."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(doc)

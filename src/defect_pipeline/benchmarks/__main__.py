@@ -1,0 +1,19 @@
+"""``python -m defect_pipeline.benchmarks <name> [args]``: run one benchmark by name."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"data_check": "defect_pipeline.benchmarks.data_check"}
+
+
+def main() -> None:
+    """Dispatch to the named benchmark's ``main``."""
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        sys.exit(f"usage: python -m defect_pipeline.benchmarks {{{','.join(BENCHMARKS)}}} [options]")
+    importlib.import_module(BENCHMARKS[sys.argv[1]]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
