@@ -1,0 +1,74 @@
+"""Parameter validation: every problem named by its dotted key, with spelling hints."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from defect_pipeline.config import DataParams, ParameterError, validate_parameters
+from tests.conftest import REPO_ROOT
+
+
+def test_shipped_parameters_are_valid() -> None:
+    for path in (REPO_ROOT / "conf").glob("*/parameters*.yml"):
+        params = yaml.safe_load(path.read_text()) or {}
+        if path.parent.name == "base":
+            validate_parameters(params)
+        else:  # environments override some keys of base
+            base = yaml.safe_load((REPO_ROOT / "conf/base" / path.name).read_text())
+            merged = {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in params.items()}
+            validate_parameters(merged)
+
+
+def test_defaults_describe_the_demo_data() -> None:
+    params = DataParams()
+    assert params.raw_root is None and params.demo.output_dir == "data/01_raw/demo"
+
+
+def test_every_problem_is_reported_at_once_with_its_key() -> None:
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"data": {"layuot": "mmseg", "split": {"seed": "abc"}, "masks": {"binarize_threshold": 300}}})
+    message = str(error.value)
+    assert "data.layuot: unknown key. Did you mean 'layout'?" in message
+    assert "data.split.seed" in message
+    assert "data.masks.binarize_threshold" in message
+    assert len(error.value.problems) == 3
+
+
+def test_nested_unknown_key_lists_the_known_keys_of_its_block() -> None:
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"data": {"check": {"workers": 2}}})
+    assert "data.check.workers: unknown key. Did you mean 'num_workers'?" in str(error.value)
+    assert "chunksize" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("block", "fragment"),
+    [
+        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "training data remains"),
+        ({"split": {"val_fraction": -0.1}}, "data.split.val_fraction"),
+        ({"layout": "coco"}, "data.layout"),
+        ({"classes": ["a", "a"]}, "unique"),
+        ({"classes": ["good"]}, "must not also be a defect class"),
+        ({"image_extensions": ["jpg"]}, "start with '.'"),
+        ({"demo": {"images_per_class": 1}}, "data.demo.images_per_class"),
+    ],
+)
+def test_bad_values_are_rejected(block: dict, fragment: str) -> None:
+    with pytest.raises(ParameterError, match="Invalid parameters") as error:
+        validate_parameters({"data": block})
+    assert fragment in str(error.value)
+
+
+def test_unknown_block_and_non_mapping_block() -> None:
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"dta": {}, "data": 3})
+    message = str(error.value)
+    assert "dta: unknown parameter block. Did you mean 'data'?" in message
+    assert "data: must be a mapping" in message
+
+
+def test_validated_config_is_frozen() -> None:
+    params = validate_parameters({"data": {}})["data"]
+    with pytest.raises(Exception):
+        params.raw_root = "elsewhere"  # type: ignore[misc]
