@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "defect_pipeline"
-LIBRARY_PACKAGES = ["config", "data", "benchmarks"]
+LIBRARY_PACKAGES = ["config", "data", "ml", "benchmarks"]
 FRAMEWORKS = ("kedro", "kedro_mlflow", "kedro_datasets", "mlflow")
 
 

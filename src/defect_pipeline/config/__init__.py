@@ -7,6 +7,13 @@ keys and bad values fail at start-up with a message that names the key (see
 """
 
 from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.training import (
+    AugmentationParams,
+    LossParams,
+    ModelParams,
+    RuntimeParams,
+    StageParams,
+)
 from defect_pipeline.config.data import (
     CheckParams,
     DataParams,
@@ -16,6 +23,11 @@ from defect_pipeline.config.data import (
 )
 
 __all__ = [
+    "AugmentationParams",
+    "LossParams",
+    "ModelParams",
+    "RuntimeParams",
+    "StageParams",
     "CheckParams",
     "DataParams",
     "DemoParams",

@@ -1,0 +1,112 @@
+"""Parameters of model building, augmentation and the training stages.
+
+Blocks: ``model`` (shared by every stage: backbone, decoder, input size), ``augmentation``
+(the albumentations recipe and its preview) and one :class:`StageParams` block per stage
+(``stage1``, ``stage2``, ``stage3``): optimisation, loss weighting, schedules, early stopping,
+and where the stage starts from (``init_from``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from defect_pipeline.config.base import StrictModel
+
+
+class ModelParams(StrictModel):
+    """Block ``model``: the network every stage trains."""
+
+    backbone: str = "convnext_atto"
+    decoder: Literal["auto", "fpn", "unet", "dpt", "sfp"] = "auto"
+    decoder_channels: int = Field(64, ge=8)
+    pretrained: bool = False
+    checkpoint_path: str | None = Field(None, description="local backbone weights (.safetensors or state dict)")
+    seg_mode: Literal["multiclass", "binary"] = "multiclass"
+    image_size: int = Field(96, ge=16, le=4096)
+
+
+class RuntimeParams(StrictModel):
+    """Block ``runtime``: machine-level settings shared by every stage."""
+
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads on CPU; null = torch's default (one per core)"
+    )
+
+
+class AugmentationParams(StrictModel):
+    """Block ``augmentation``: the training transforms (albumentations) and the preview."""
+
+    recipe: list[dict[str, Any]] = [{"name": "HorizontalFlip", "p": 0.5}]
+    preview_samples: int = Field(4, ge=1, le=32)
+    preview_views: int = Field(4, ge=1, le=16)
+    seed: int = 0
+
+
+class LossParams(StrictModel):
+    """How the classification and segmentation losses are combined."""
+
+    weighting: Literal["fixed", "dynamic", "uncertainty"] = "fixed"
+    alpha: float = Field(1.0, ge=0.0, description="classification weight (fixed)")
+    beta: float = Field(1.0, ge=0.0, description="segmentation weight (fixed)")
+    alpha_start: float = Field(1.0, ge=0.0)
+    alpha_end: float = Field(0.5, ge=0.0)
+    beta_start: float = Field(0.5, ge=0.0)
+    beta_end: float = Field(1.0, ge=0.0)
+    ce_weight: float = Field(1.0, ge=0.0, description="segmentation CE/BCE term")
+    dice_weight: float = Field(1.0, ge=0.0, description="segmentation Dice term")
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DropoutParams(StrictModel):
+    """Progressive dropout: 0 until ``warmup_step``, then ``rate`` in every dropout layer."""
+
+    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_step: int = Field(0, ge=0)
+
+
+class EarlyStoppingParams(StrictModel):
+    """Stop when the monitored validation metric has not improved for ``patience`` epochs."""
+
+    monitor: str = "combined_score"
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class StageParams(StrictModel):
+    """Blocks ``stage1``/``stage2``/``stage3``: one training stage."""
+
+    init_from: str = Field("scratch", description="scratch | stage1 | stage2 | path to a checkpoint file")
+    freeze_backbone: bool = False
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0, description="learning rate of the decoder and heads")
+    backbone_lr: float | None = Field(None, gt=0.0, description="null = lr")
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_lr_ratio: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at lr * ratio")
+    eta_min_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine ends at lr * ratio")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    seed: int = 42
+    num_workers: int = Field(0, ge=0)
+    max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke tests")
+    resume: bool = True
+    loss: LossParams = LossParams()
+    dropout: DropoutParams = DropoutParams()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+
+    @model_validator(mode="after")
+    def _init_is_known(self) -> StageParams:
+        known = {"scratch", "stage1", "stage2", "stage3"}
+        if self.init_from not in known and not self.init_from.endswith((".pt", ".pth", ".safetensors")):
+            raise ValueError(
+                f"init_from must be one of {sorted(known)} or a checkpoint file path (.pt/.pth/.safetensors); "
+                f"got {self.init_from!r}"
+            )
+        return self

@@ -1,0 +1,141 @@
+"""Self-describing checkpoints, written atomically and read safely.
+
+A checkpoint holds everything needed to resume or to understand a run: model, optimizer,
+scheduler and grad-scaler states, epoch, global step, total steps, RNG states (as tensors),
+the resolved configuration, the label space, the monitored metric and its best value, the
+data-manifest hash and the training history so far. Files are written to a temporary file in
+the same folder, flushed and fsync'ed, then renamed over the final name, so a crash never
+leaves a partial file at ``best.pt`` / ``last.pt``. Loading always uses
+``torch.load(weights_only=True)``: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (missing, corrupt, unsafe, or from another setup)."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; refuse anything else with a clear error.
+
+    An explicit ``weights_only=True`` is not overridden by ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    (torch only applies that variable when the call site leaves the argument unset).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for unsafe globals, RuntimeError for corrupt zips
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]} "
+            "(only weights-only checkpoints are accepted; corrupt or untrusted files are refused)"
+        ) from None
+
+
+def capture_rng_state() -> dict[str, torch.Tensor]:
+    """Python, NumPy and torch RNG states as tensors (loadable with weights_only=True)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {
+        "python": torch.tensor([version, *state], dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.stack(torch.cuda.get_rng_state_all()) if torch.cuda.device_count() else torch.empty(0)
+    return out
+
+
+def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    python = state["python"].tolist()
+    gauss = state["python_gauss"].item()
+    random.setstate((python[0], tuple(python[1:]), None if np.isnan(gauss) else gauss))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
+                         int(state["numpy_meta"][0]), int(state["numpy_meta"][1]), float(state["numpy_gauss"][0])))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]):
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """The folder of one training stage: ``last.pt`` (resume point) and ``best.pt``."""
+
+    path: str
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.path) / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return Path(self.path) / "best.pt"
+
+    def has_last(self) -> bool:
+        return self.last_path.is_file()
+
+    def has_best(self) -> bool:
+        return self.best_path.is_file()
+
+    def save(self, kind: str, state: dict[str, Any]) -> Path:
+        """Write ``kind`` (``"last"`` or ``"best"``) atomically."""
+        if kind not in ("last", "best"):
+            raise ValueError(f"unknown checkpoint kind {kind!r}")
+        return atomic_torch_save({"format": CHECKPOINT_FORMAT, "kind": kind, **state}, Path(self.path) / f"{kind}.pt")
+
+    def load(self, kind: str) -> dict[str, Any]:
+        return safe_torch_load(Path(self.path) / f"{kind}.pt")
+
+
+def check_compatible(checkpoint: dict[str, Any], *, backbone: str, decoder: str, seg_mode: str,
+                     labels: dict[str, Any], source: str) -> None:
+    """Refuse a checkpoint built for another architecture or class list, naming the mismatch."""
+    problems = []
+    meta = checkpoint.get("model_meta", {})
+    for key, expected in (("backbone", backbone), ("decoder", decoder), ("seg_mode", seg_mode)):
+        if meta.get(key) != expected:
+            problems.append(f"{key}: checkpoint has {meta.get(key)!r}, the current configuration has {expected!r}")
+    if checkpoint.get("labels") != labels:
+        problems.append(f"classes: checkpoint has {checkpoint.get('labels')}, the current data has {labels}")
+    if problems:
+        raise CheckpointError(f"checkpoint {source} does not match this run:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,42 @@
+"""Training-curve figure from a stage's history (loss, monitored metric, LR, dropout)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def plot_training_curves(history: pd.DataFrame, *, monitor: str, title: str = "") -> Figure:
+    """Four panels: train/val loss, validation metrics, learning rates, dropout and loss weights."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    epochs = history["epoch"]
+    ax = axes[0, 0]
+    for column in ("train_loss", "val_loss"):
+        if column in history:
+            ax.plot(epochs, history[column], marker="o", label=column)
+    ax.set_title("loss")
+    ax = axes[0, 1]
+    for column in (monitor, "val_macro_f1", "val_miou", "val_miou_defects", "val_accuracy"):
+        if column in history and column not in [line.get_label() for line in ax.lines]:
+            ax.plot(epochs, history[column], marker="o", label=column)
+    ax.set_title("validation metrics")
+    ax = axes[1, 0]
+    for column in [c for c in history.columns if c.startswith("lr_")]:
+        ax.plot(epochs, history[column], marker=".", label=column)
+    ax.set_yscale("log")
+    ax.set_title("learning rate (end of epoch)")
+    ax = axes[1, 1]
+    for column in ["dropout", *[c for c in history.columns if c.startswith("loss_weight_")]]:
+        if column in history:
+            ax.plot(epochs, history[column], marker=".", label=column)
+    ax.set_title("dropout and loss weights")
+    for ax in axes.flat:
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig

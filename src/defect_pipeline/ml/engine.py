@@ -1,0 +1,364 @@
+"""The training engine: one readable loop, resumable, with every knob of a stage.
+
+Per optimizer step the loop goes through labelled phases — set dropout → forward (autocast) →
+check the loss is finite → backward (accumulate) → clip → step + LR schedule — and per epoch:
+evaluate → early-stopping bookkeeping → checkpoint (``best`` when the monitored metric improved,
+``last`` always) → log. Side effects go through a :class:`TrainingLogger` the caller injects
+and a :class:`~defect_pipeline.ml.checkpoint.CheckpointStore`, so the engine is testable with a
+no-op logger and a temp folder. Resuming from ``last`` restores model, optimizer, scheduler,
+scaler, RNG states and history; the data order and augmentations of epoch ``e`` are seeded from
+``seed + e``, so an interrupted run continues exactly as an uninterrupted one would (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from defect_pipeline.ml.checkpoint import CheckpointStore, capture_rng_state, check_compatible, restore_rng_state
+from defect_pipeline.ml.metrics import MultitaskMetrics
+from defect_pipeline.ml.schedules import create_scheduler, dropout_at_step
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf: training stops before the weights are touched."""
+
+
+class TrainingLogger(Protocol):
+    """Receives per-epoch rows and checkpoint events (MLflow, files, or nothing)."""
+
+    def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None: ...
+
+    def log_checkpoint(self, kind: str, path: Path) -> None: ...
+
+
+class NullLogger:
+    """A :class:`TrainingLogger` that only writes to the Python log."""
+
+    def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
+        logger.info("epoch %d (step %d): %s", epoch, step,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+
+    def log_checkpoint(self, kind: str, path: Path) -> None:
+        logger.info("checkpoint %s -> %s", kind, path)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the loop needs, resolved (no "auto" left)."""
+
+    epochs: int
+    lr: float
+    backbone_lr: float
+    weight_decay: float
+    warmup_epochs: float = 0.0
+    warmup_lr_ratio: float = 0.1
+    eta_min_ratio: float = 0.01
+    grad_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str = "fp32"
+    device: str = "cpu"
+    monitor: str = "combined_score"
+    mode: str = "max"
+    patience: int = 5
+    min_delta: float = 0.0
+    dropout_rate: float = 0.0
+    dropout_warmup_step: int = 0
+    freeze_backbone: bool = False
+    seed: int = 42
+    max_batches_per_epoch: int | None = None
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a stage produced: history rows and the best/last bookkeeping."""
+
+    history: list[dict[str, Any]]
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    global_step: int
+    total_steps: int
+    stopped_early: bool
+    already_finished: bool = False
+    resumed_from_epoch: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul units (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available; use device: auto or cpu")
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """Pick the autocast precision by capability.
+
+    ``auto``: bf16 (or fp16 where bf16 is unsupported) on CUDA; on CPU bf16 only with native
+    bf16 units, otherwise fp32 — on AVX2-only CPUs bf16 matmuls are 50–400× slower.
+    """
+    on_cuda = device.startswith("cuda")
+    if requested == "auto":
+        if on_cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if requested == "fp16" and not on_cuda:
+        raise ValueError("precision fp16 needs a CUDA device; use fp32 (or bf16 on CPUs with AMX/AVX512-BF16)")
+    if requested == "bf16" and not on_cuda and not cpu_has_fast_bf16():
+        logger.warning("precision bf16 on a CPU without native bf16 support is much slower than fp32")
+    return requested
+
+
+def build_optimizer(model: nn.Module, loss_fn: nn.Module, *, lr: float, backbone_lr: float,
+                    weight_decay: float, freeze_backbone: bool) -> torch.optim.AdamW:
+    """AdamW with backbone/head groups; no weight decay on norms and biases (1-D tensors)."""
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "backbone_no_decay": [], "head": [], "head_no_decay": []}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        part = "backbone" if id(param) in backbone_ids else "head"
+        if part == "backbone" and freeze_backbone:
+            continue
+        groups[part + ("_no_decay" if param.ndim <= 1 else "")].append(param)
+    groups["head_no_decay"].extend(p for p in loss_fn.parameters() if p.requires_grad)
+    param_groups = [
+        {"name": name, "params": params, "lr": backbone_lr if name.startswith("backbone") else lr,
+         "weight_decay": 0.0 if name.endswith("no_decay") else weight_decay}
+        for name, params in groups.items() if params
+    ]
+    return torch.optim.AdamW(param_groups, lr=lr)
+
+
+def _autocast(device: str, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device_type=device.split(":")[0], enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def _batches(loader, limit: int | None) -> Iterator[tuple[int, dict]]:
+    for index, batch in enumerate(loader):
+        if limit is not None and index >= limit:
+            return
+        yield index, batch
+
+
+def _seed_epoch(loader, seed: int) -> None:
+    """Make epoch ``e`` draw the same order and augmentations whether or not training resumed."""
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed)
+    transform = getattr(loader.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMetrics, *, device: str,
+             precision: str, step: int, total_steps: int, limit: int | None = None) -> dict[str, float]:
+    """Validation loss and metrics over the loader (deterministic: no augmentation, fixed order)."""
+    model.eval()
+    metrics.reset()
+    total, count = 0.0, 0
+    for _, batch in _batches(loader, limit):
+        image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
+        with _autocast(device, precision):
+            out = model(image)
+            loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label, step=step, total_steps=total_steps)
+        total += float(loss.total.detach()) * image.shape[0]
+        count += image.shape[0]
+        metrics.update(out.seg_logits.float(), out.cls_logits.float(), mask, label)
+    result = {"val_loss": total / max(count, 1)}
+    result.update({f"val_{k}": float(v) for k, v in metrics.compute().items()})
+    return result
+
+
+def _is_improvement(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, metrics: MultitaskMetrics,
+          config: EngineConfig, store: CheckpointStore, meta: dict[str, Any],
+          training_logger: TrainingLogger | None = None) -> TrainResult:
+    """Train one stage, resuming from ``store``'s ``last`` checkpoint when there is one.
+
+    Args:
+        model: a :class:`~defect_pipeline.ml.model.MultitaskNet` (already initialised).
+        loss_fn: a :class:`~defect_pipeline.ml.losses.MultitaskLoss`.
+        train_loader, val_loader: data loaders yielding ``image``/``mask``/``label`` batches.
+        metrics: validation metric accumulator.
+        config: resolved engine configuration.
+        store: where ``best.pt`` and ``last.pt`` go.
+        meta: what makes checkpoints self-describing: ``config`` (resolved parameters),
+            ``model_meta`` (backbone, decoder, seg_mode, image_size), ``labels``,
+            ``manifest_hash``, ``stage``.
+        training_logger: receives per-epoch rows and checkpoint events.
+    """
+    log = training_logger or NullLogger()
+    device = config.device
+    monitor = f"val_{config.monitor}" if not config.monitor.startswith("val_") else config.monitor
+    model.to(device)
+    loss_fn.to(device)
+    model.freeze_backbone(config.freeze_backbone)
+    optimizer = build_optimizer(model, loss_fn, lr=config.lr, backbone_lr=config.backbone_lr,
+                                weight_decay=config.weight_decay, freeze_backbone=config.freeze_backbone)
+    batches = len(train_loader) if config.max_batches_per_epoch is None else min(len(train_loader), config.max_batches_per_epoch)
+    steps_per_epoch = max(1, math.ceil(batches / config.accumulate_grad_batches))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = create_scheduler(optimizer, total_steps=total_steps,
+                                 warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+                                 warmup_lr_ratio=config.warmup_lr_ratio, eta_min_ratio=config.eta_min_ratio)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.precision == "fp16")
+
+    history: list[dict[str, Any]] = []
+    start_epoch, global_step, best, best_epoch, bad_epochs = 0, 0, None, None, 0
+    resumed_from = None
+    if config.resume and store.has_last():
+        state = store.load("last")
+        check_compatible(state, backbone=meta["model_meta"]["backbone"], decoder=meta["model_meta"]["decoder"],
+                         seg_mode=meta["model_meta"]["seg_mode"], labels=meta["labels"], source=str(store.last_path))
+        history = list(state["history"])
+        if state.get("finished"):
+            logger.warning("stage %s already finished (%d epochs, best %s = %s); nothing to do. Delete %s "
+                           "or set resume: false to train again.", meta.get("stage"), state["epoch"], monitor,
+                           state.get("best_metric"), store.path)
+            return TrainResult(history, state.get("best_metric"), state.get("best_epoch"), state["epoch"],
+                               state["global_step"], state["total_steps"], bool(state.get("stopped_early")),
+                               already_finished=True, summary=dict(state.get("summary", {})))
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        best, best_epoch, bad_epochs = state.get("best_metric"), state.get("best_epoch"), state.get("bad_epochs", 0)
+        resumed_from = start_epoch
+        logger.info("resuming stage %s from %s (epoch %d of %d)", meta.get("stage"), store.last_path,
+                    start_epoch, config.epochs)
+
+    stopped_early = False
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        _seed_epoch(train_loader, config.seed + epoch)
+        model.train()
+        started, seen = time.perf_counter(), 0
+        sums = {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(total=batches, desc=f"{meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
+                   disable=not config.progress, leave=False, mininterval=1.0)
+        weights: dict[str, float] = {}
+        for index, batch in _batches(train_loader, config.max_batches_per_epoch):
+            # phase 1: dropout for this step (progressive: 0 until the warmup step)
+            dropout = dropout_at_step(global_step, target=config.dropout_rate, warmup_step=config.dropout_warmup_step)
+            model.set_dropout(dropout)
+            # phase 2: forward and loss
+            image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
+            with _autocast(device, config.precision):
+                out = model(image)
+                loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label,
+                               step=global_step, total_steps=total_steps)
+            total_value = float(loss.total.detach())
+            if not math.isfinite(total_value):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({total_value}) at step {global_step}, epoch {epoch}, batch {index} "
+                    f"(cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
+                    "checkpoint was written. Lower the learning rate or check this batch's images."
+                )
+            # phase 3: backward, accumulated over accumulate_grad_batches batches
+            scaler.scale(loss.total / config.accumulate_grad_batches).backward()
+            last_batch = index + 1 == batches
+            if (index + 1) % config.accumulate_grad_batches == 0 or last_batch:
+                # phase 4: clip, step, schedule
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip,
+                        error_if_nonfinite=config.precision != "fp16")
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                global_step += 1
+            n = image.shape[0]
+            seen += n
+            sums["train_loss"] += total_value * n
+            sums["train_cls_loss"] += float(loss.cls) * n
+            sums["train_seg_loss"] += float(loss.seg) * n
+            weights = loss.weights
+            bar.set_postfix(loss=f"{total_value:.4f}")
+            bar.update()
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        # phase 5: evaluate
+        val = evaluate(model, loss_fn, val_loader, metrics, device=device, precision=config.precision,
+                       step=global_step, total_steps=total_steps)
+        row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
+        row.update({k: v / max(seen, 1) for k, v in sums.items()})
+        row.update(val)
+        for group in optimizer.param_groups:
+            row[f"lr_{group['name']}"] = group["lr"]
+        row["dropout"] = dropout_at_step(max(global_step - 1, 0), target=config.dropout_rate,
+                                         warmup_step=config.dropout_warmup_step)
+        row.update({f"loss_weight_{k}": float(v) for k, v in weights.items()})
+        row["epoch_seconds"] = time.perf_counter() - started
+        row["train_samples_per_s"] = seen / max(train_seconds, 1e-9)
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if torch.cuda.is_available() and device.startswith("cuda"):
+            row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        history.append(row)
+        # phase 6: early stopping bookkeeping
+        value = float(row.get(monitor, float("nan")))
+        improved = _is_improvement(value, best, config.mode, config.min_delta)
+        if improved:
+            best, best_epoch, bad_epochs = value, epoch, 0
+        else:
+            bad_epochs += 1
+        stopped_early = bad_epochs >= config.patience and epoch < config.epochs
+        finished = stopped_early or epoch == config.epochs
+        # phase 7: checkpoint (best when improved, last always) and log
+        state = {
+            **meta, "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state(),
+            "epoch": epoch, "global_step": global_step, "total_steps": total_steps, "monitor": monitor,
+            "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
+            "finished": finished, "stopped_early": stopped_early,
+        }
+        if improved:
+            log.log_checkpoint("best", store.save("best", state))
+        log.log_checkpoint("last", store.save("last", state))
+        log.log_epoch(epoch, global_step, row)
+        if stopped_early:
+            logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs (best %.4g at "
+                        "epoch %s)", epoch, monitor, config.min_delta, config.patience, best, best_epoch)
+            break
+    return TrainResult(history, best, best_epoch, epoch, global_step, total_steps, stopped_early,
+                       resumed_from_epoch=resumed_from)

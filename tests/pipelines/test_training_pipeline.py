@@ -1,0 +1,76 @@
+"""Training stages through a real KedroSession on a tiny demo dataset (1 epoch, 32 px)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from defect_pipeline.ml.checkpoint import safe_torch_load
+from tests.conftest import run_kedro
+
+pytestmark = pytest.mark.slow
+
+TINY_STAGE = {"epochs": 1, "batch_size": 8, "max_batches_per_epoch": 2, "warmup_epochs": 0.0}
+TINY = {
+    "data": {"demo": {"images_per_class": 6, "good_images": 6, "image_size": 64}, "check": {"num_workers": 0}},
+    "model": {"backbone": "resnet18", "image_size": 32, "decoder_channels": 32},
+    "augmentation": {"preview_samples": 2, "preview_views": 2},
+    "stage1": TINY_STAGE, "stage2": TINY_STAGE, "stage3": TINY_STAGE,
+}
+
+
+def _summary(project: Path, stage: str) -> dict:
+    return json.loads((project / f"data/08_reporting/{stage}/training_summary.json").read_text())
+
+
+def test_default_run_trains_all_three_stages_in_order(kedro_project: Path) -> None:
+    run_kedro(kedro_project, params=TINY)
+
+    assert (kedro_project / "data/08_reporting/augmentation_preview.png").stat().st_size > 0
+    for stage in ("stage1", "stage2", "stage3"):
+        assert (kedro_project / f"data/06_models/{stage}/best.pt").is_file()
+        assert (kedro_project / f"data/08_reporting/{stage}/curves.png").stat().st_size > 0
+        history = pd.read_csv(kedro_project / f"data/08_reporting/{stage}/history.csv")
+        assert len(history) == 1 and {"train_loss", "val_loss", "val_combined_score"} <= set(history.columns)
+    assert _summary(kedro_project, "stage1")["init_from"] == "scratch"
+    assert _summary(kedro_project, "stage2")["init_from"].endswith("stage1/best.pt")
+    assert _summary(kedro_project, "stage3")["init_from"].endswith("stage2/best.pt")
+    last = safe_torch_load(kedro_project / "data/06_models/stage3/last.pt")
+    assert last["config"]["stage"]["loss"]["weighting"] == "uncertainty"
+    assert "log_var_cls" in last["history"][-1] or "loss_weight_log_var_cls" in last["history"][-1]
+    stage1 = safe_torch_load(kedro_project / "data/06_models/stage1/last.pt")
+    assert stage1["config"]["stage"]["freeze_backbone"] is True
+
+
+def test_stage2_alone_needs_stage1_and_says_which_command_to_run(kedro_project: Path) -> None:
+    run_kedro(kedro_project, "data", params=TINY)
+    with pytest.raises(FileNotFoundError, match=r"kedro run --pipeline=stage1"):
+        run_kedro(kedro_project, "stage2", params=TINY)
+    assert not (kedro_project / "data/06_models/stage2/last.pt").exists()
+
+    scratch = {**TINY, "stage2": {**TINY_STAGE, "init_from": "scratch"}}
+    run_kedro(kedro_project, "stage2", params=scratch)
+    assert _summary(kedro_project, "stage2")["init_from"] == "scratch"
+
+
+def test_rerunning_a_finished_stage_says_so(kedro_project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run_kedro(kedro_project, "data", params=TINY)
+    run_kedro(kedro_project, "stage1", params=TINY)
+    before = (kedro_project / "data/06_models/stage1/last.pt").stat().st_mtime_ns
+    run_kedro(kedro_project, "stage1", params=TINY)
+    assert "already finished" in caplog.text
+    assert _summary(kedro_project, "stage1")["already_finished"] is True
+    assert (kedro_project / "data/06_models/stage1/last.pt").stat().st_mtime_ns == before
+
+
+def test_a_checkpoint_with_other_classes_is_refused_with_the_mismatch_named(kedro_project: Path) -> None:
+    run_kedro(kedro_project, "data", params=TINY)
+    run_kedro(kedro_project, "stage1", params=TINY)
+    # the same folder, relabelled: a defect class disappears from the data
+    other = {**TINY, "data": {**TINY["data"], "good_labels": ["good", "spot"]}}
+    run_kedro(kedro_project, "data", params=other)
+    with pytest.raises(Exception, match=r"classes: checkpoint has"):
+        run_kedro(kedro_project, "stage1", params=other)
