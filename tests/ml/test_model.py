@@ -205,9 +205,9 @@ def test_set_dropout_changes_every_head_dropout_layer() -> None:
         assert [m.p for m in model.backbone.modules() if isinstance(m, nn.modules.dropout._DropoutNd)] == backbone_p
     # the classification head keeps a Dropout even when built with dropout=0 (smp would use Identity)
     model = _meta("resnet18", dropout=0.0)
-    assert isinstance(model.classification_head[2], nn.Dropout)
+    assert isinstance(model.classification_head.dropout, nn.Dropout)
     model.set_dropout(0.5)
-    assert model.classification_head[2].p == 0.5
+    assert model.classification_head.dropout.p == 0.5
     with pytest.raises(ValueError, match="dropout"):
         model.set_dropout(1.5)
 

@@ -32,8 +32,8 @@ def test_data_pipeline_on_demo_data_accounts_for_every_file(kedro_project: Path)
     assert (kedro_project / "data/01_raw/demo/SYNTHETIC_DEMO_DATA.md").is_file()
     acc = report["accounting"]
     assert acc["balanced"] and acc["accepted"] + acc["quarantined"] == acc["samples"] == len(manifest)
-    # 3 defect classes x 40 with masks + 40 good without: 280 files, 160 samples, all clean
-    assert acc["files_scanned"] == 280 and acc["accepted"] == 160
+    # 3 defect classes x 100 with masks + 100 good without: 700 files, 400 samples, all clean
+    assert acc["files_scanned"] == 700 and acc["accepted"] == 400
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert report["classes"] == ["crack", "scratch", "spot"]
     # paths are relative to the raw root, so the project can move

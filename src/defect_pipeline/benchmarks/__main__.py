@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"data_check": "defect_pipeline.benchmarks.data_check"}
+BENCHMARKS = {
+    "data_check": "defect_pipeline.benchmarks.data_check",
+    "training": "defect_pipeline.benchmarks.training",
+    "test_metrics": "defect_pipeline.benchmarks.test_metrics",
+}
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ class DemoParams(StrictModel):
 
     output_dir: str = "data/01_raw/demo"
     seed: int = 42
-    images_per_class: int = Field(40, ge=2)
-    good_images: int = Field(40, ge=0)
-    image_size: int = Field(128, ge=32, le=1024)
+    images_per_class: int = Field(100, ge=2)
+    good_images: int = Field(100, ge=0)
+    image_size: int = Field(64, ge=32, le=1024)
 
 
 class CheckParams(StrictModel):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def plot_training_curves(history: pd.DataFrame, *, monitor: str, title: str = "") -> Figure:
     """Four panels: train/val loss, validation metrics, learning rates, dropout and loss weights."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    # a bare Figure (no pyplot): no global backend switch, nothing left open in pyplot's registry
+    fig = Figure(figsize=(11, 7), constrained_layout=True)
+    axes = fig.subplots(2, 2)
     epochs = history["epoch"]
     ax = axes[0, 0]
     for column in ("train_loss", "val_loss"):
