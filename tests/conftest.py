@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # tiny models on a 2-core machine: one intra-op thread is many times faster than two (set before
-# torch is imported; see docs/benchmarks.md)
+# torch is imported; see docs/training.md)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
