@@ -64,8 +64,20 @@ def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as error:  # UnpicklingError for unsafe globals, RuntimeError for corrupt zips
         raise CheckpointError(
             f"cannot load checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]} "
-            "(only weights-only checkpoints are accepted; corrupt or untrusted files are refused)"
+            "(read with torch.load(weights_only=True): corrupt files and pickles that would run code are refused)"
         ) from None
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``.safetensors`` file, or any other checkpoint through :func:`safe_torch_load`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return safe_torch_load(path)
 
 
 def capture_rng_state() -> dict[str, torch.Tensor]:

@@ -664,22 +664,17 @@ def create_model(
 # --------------------------------------------------------------------------------------------
 
 
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    file = Path(path)
-    if not file.is_file():
+def _read_state_dict(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():
         raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from defect_pipeline.ml.checkpoint import read_weights_file  # the one weights-only loader
 
-        obj: Any = load_file(str(file), device="cpu")
-    else:
-        try:
-            obj = torch.load(str(file), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"{path} is not a plain tensor checkpoint: torch.load(weights_only=True) refused it ({exc})"
-            ) from exc
-    for _ in range(3):  # unwrap {"state_dict": {...}} / {"model": {...}} containers
+    return read_weights_file(path)
+
+
+def _unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+    """The tensors of a state dict, unwrapping ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    for _ in range(3):
         if not isinstance(obj, dict):
             break
         if any(isinstance(v, Tensor) for v in obj.values()):
@@ -689,7 +684,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
             break
         obj = nested[0]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+        raise ValueError(f"{source} does not hold a state dict (got {type(obj).__name__})")
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
@@ -752,7 +747,12 @@ def load_backbone_weights(model: MultitaskNet, path: str) -> dict:
     Raises:
         ValueError: a shape mismatch, an unreadable / unsafe file, or no key matching at all.
     """
-    state = _read_state_dict(path)
+    return load_backbone_state(model, _read_state_dict(path), source=path)
+
+
+def load_backbone_state(model: MultitaskNet, checkpoint: dict[str, Any], *, source: str) -> dict:
+    """:func:`load_backbone_weights` for a checkpoint already read into memory (``source`` names it)."""
+    state = _unwrap_state_dict(checkpoint, source)
     backbone = model.backbone
     target = backbone.state_dict()
 
@@ -785,11 +785,11 @@ def load_backbone_weights(model: MultitaskNet, path: str) -> dict:
         matched[model_key] = value
     if mismatched:
         raise ValueError(
-            f"{path}: {len(mismatched)} tensors do not fit backbone {model.backbone_name}: " + "; ".join(mismatched[:5])
+            f"{source}: {len(mismatched)} tensors do not fit backbone {model.backbone_name}: " + "; ".join(mismatched[:5])
         )
     if not matched:
         raise ValueError(
-            f"{path}: none of its {len(state)} tensors match backbone {model.backbone_name} "
+            f"{source}: none of its {len(state)} tensors match backbone {model.backbone_name} "
             f"(file keys look like {list(state)[:3]}, backbone keys like {list(target)[:3]})"
         )
     backbone.load_state_dict(matched, strict=False)

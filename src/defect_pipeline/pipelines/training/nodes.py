@@ -20,14 +20,14 @@ from matplotlib.figure import Figure
 from defect_pipeline.config import AugmentationParams, DataParams, ModelParams, RuntimeParams, StageParams
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.augment import build_transform, render_preview, validate_recipe
-from defect_pipeline.ml.checkpoint import CheckpointError, CheckpointStore, check_compatible, safe_torch_load
+from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
 from defect_pipeline.ml.curves import plot_training_curves
 from defect_pipeline.ml.dataset import ManifestDataset, class_counts, create_dataloader, labels_from_manifest
 from defect_pipeline.ml.engine import EngineConfig, resolve_device, resolve_precision, train
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.model import check_input_size, count_parameters, create_model, load_backbone_weights
+from defect_pipeline.ml.model import check_input_size, count_parameters, create_model, load_backbone_state
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def _initial_weights(stage: str, cfg: StageParams, init_store: CheckpointStore |
                 f"{stage} starts from {cfg.init_from}'s best checkpoint, but {init_store.best_path} does not exist. "
                 f"Run `kedro run --pipeline={cfg.init_from}` first, or set {stage}.init_from: scratch."
             )
-        return safe_torch_load(init_store.best_path), str(init_store.best_path)
-    return safe_torch_load(cfg.init_from), cfg.init_from
+        return read_weights_file(init_store.best_path), str(init_store.best_path)
+    return read_weights_file(cfg.init_from), cfg.init_from
 
 
 def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
@@ -98,7 +98,7 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
                              labels=labels.to_dict(), source=init_description)
             net.load_state_dict(init_state["model"])
         else:
-            load_backbone_weights(net, init_description)
+            load_backbone_state(net, init_state, source=init_description)
     logger.info("%s: starting from %s", stage_name, init_description)
 
     root = raw_source["raw_root"]
