@@ -20,13 +20,20 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# parameters of a tiny end-to-end run: 30 demo images, resnet18 at 64 px, 2 batches per epoch
+TINY_STAGE = {"epochs": 1, "batch_size": 8, "max_batches_per_epoch": 2, "warmup_epochs": 0.0}
+TINY = {
+    "data": {"demo": {"images_per_class": 6, "good_images": 6, "image_size": 64}, "check": {"num_workers": 0}},
+    "model": {"backbone": "resnet18", "image_size": 64, "decoder_channels": 32},
+    "augmentation": {"preview_samples": 2, "preview_views": 2},
+    "stage1": TINY_STAGE, "stage2": TINY_STAGE, "stage3": TINY_STAGE,
+}
 NEU_SEG_ROOT = (REPO_ROOT.parent / "shared" / "datasets" / "neu_seg").resolve()
 
 
-@pytest.fixture
-def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A throw-away copy of the project (conf + pyproject) with its own MLflow database."""
-    project = tmp_path / "project"
+def make_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copy conf + pyproject into ``project``, change into it and give it its own MLflow database."""
     project.mkdir()
     shutil.copytree(REPO_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("credentials*"))
     (project / "conf" / "local").mkdir(exist_ok=True)
@@ -36,6 +43,12 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throw-away copy of the project (conf + pyproject) with its own MLflow database."""
+    return make_project(tmp_path / "project", monkeypatch)
 
 
 def run_kedro(project: Path, pipeline: str | None = None, *, env: str | None = None,

@@ -35,3 +35,11 @@ def test_library_does_not_import_pipelines() -> None:
     for package in LIBRARY_PACKAGES:
         for path in (PACKAGE / package).rglob("*.py"):
             assert not any(n.startswith("defect_pipeline.pipelines") for n in _imports(path)), path
+
+
+def test_tracking_uses_mlflow_but_not_kedro() -> None:
+    """MLflow code (child runs, pyfunc model, comparison) stays usable outside a Kedro session."""
+    for path in (PACKAGE / "tracking").rglob("*.py"):
+        imports = _imports(path)
+        assert not any(n.split(".")[0] in ("kedro", "kedro_mlflow", "kedro_datasets") for n in imports), path
+        assert not any(n.startswith("defect_pipeline.pipelines") for n in imports), path

@@ -1,12 +1,26 @@
-"""Project hooks: validate every parameter block before anything runs."""
+"""Project hooks: validate parameters and the tracking server first; one MLflow child run per stage."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import mlflow
+import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from defect_pipeline.config import validate_parameters
+from defect_pipeline.config import ModelParams, StageParams, validate_parameters
+from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.tracking.runs import (
+    KIND_TAG,
+    STAGE_TAG,
+    TAG_PREFIX,
+    TRACKED_STAGE_TAG,
+    check_tracking_uri,
+    log_params,
+    reproducibility_tags,
+    stage_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,3 +36,108 @@ class ParameterValidationHook:
     def after_context_created(self, context) -> None:
         validate_parameters(context.params)
         logger.debug("parameters validated")
+
+
+class TrackingServerCheckHook:
+    """An unreachable tracking server fails the run within seconds, before kedro-mlflow touches it.
+
+    MLflow's client would otherwise retry with back-off for minutes, after the data pipeline may
+    already have run. Skipped when an MLflow run is already active (an orchestrator owns it).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        if mlflow.active_run() is not None:
+            return
+        server = (context.config_loader["mlflow"] or {}).get("server", {})
+        uri = server.get("mlflow_tracking_uri")
+        if uri:
+            check_tracking_uri(str(uri))
+
+
+class MlflowStageRunHook:
+    """Each training stage logs into a nested child run of the ``kedro run``'s MLflow run.
+
+    kedro-mlflow opens one run per ``kedro run`` and has no nesting. For a node tagged
+    ``mlflow_child_run`` this hook opens a child run named after the node's namespace
+    (``stage1``...) once kedro-mlflow has re-activated the parent, logs the stage's readable
+    parameters and tags, and closes it after the node's last output was saved — so the outputs
+    that are MLflow artifacts (history, curves, summary, model) land in the child run. A node that
+    raises closes its child run as FAILED (kedro-mlflow then fails the parent).
+
+    The parent run gets the reproducibility tags (git commit and dirty flag, kedro env, pipeline,
+    command line) and the data-manifest hash once the manifest is read or written.
+    """
+
+    def __init__(self) -> None:
+        self._tags: dict[str, str] = {}
+        self._child: tuple[str, str, set[str]] | None = None  # (node name, run id, outputs not saved yet)
+        self._manifest_tagged = False
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        names = [names] if isinstance(names, str) else names
+        self._tags = reproducibility_tags(project_path=run_params.get("project_path", "."),
+                                          env=run_params.get("env"), pipeline="+".join(names))
+        self._child, self._manifest_tagged = None, False
+        if mlflow.active_run() is not None:
+            mlflow.set_tags(self._tags)
+
+    def _tag_manifest(self, dataset_name: str, data: Any) -> None:
+        if dataset_name != "manifest" or self._manifest_tagged or not isinstance(data, pd.DataFrame):
+            return
+        if mlflow.active_run() is not None and self._child is None:
+            mlflow.set_tag(f"{TAG_PREFIX}manifest_hash", manifest_hash(data))
+            self._manifest_tagged = True
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any) -> None:
+        self._tag_manifest(dataset_name, data)
+
+    @hook_impl(trylast=True)
+    def before_node_run(self, node: Any, inputs: dict[str, Any]) -> None:
+        if TRACKED_STAGE_TAG not in node.tags or mlflow.active_run() is None:
+            return
+        stage = node.namespace or node.name
+        tags = {**self._tags, STAGE_TAG: stage, KIND_TAG: "stage"}
+        model = inputs.get("params:model") or {}
+        if "backbone" in model:
+            tags["backbone"] = str(model["backbone"])
+        if isinstance(inputs.get("manifest"), pd.DataFrame):
+            tags[f"{TAG_PREFIX}manifest_hash"] = manifest_hash(inputs["manifest"])
+        run = mlflow.start_run(run_name=stage, nested=True, tags=tags)
+        # the validated blocks, so defaults the YAML leaves out are logged too
+        log_params(stage_params(ModelParams.model_validate(model).model_dump(mode="json"),
+                                StageParams.model_validate(inputs.get(f"params:{stage}") or {}).model_dump(mode="json"),
+                                runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation")))
+        self._child = (node.name, run.info.run_id, set(node.outputs))
+        logger.info("%s: MLflow child run %s", stage, run.info.run_id)
+
+    def _end_child(self, node: Any, status: str) -> None:
+        if self._child is None or self._child[0] != node.name:
+            return
+        run_id = self._child[1]
+        self._child = None
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status)
+        else:  # someone else changed the active run: close ours by id
+            mlflow.MlflowClient().set_terminated(run_id, status)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        self._tag_manifest(dataset_name, data)
+        if self._child is not None and self._child[0] == node.name:
+            self._child[2].discard(dataset_name)
+            if not self._child[2]:
+                self._end_child(node, "FINISHED")
+
+    @hook_impl
+    def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
+        if not outputs:  # nothing to save: after_dataset_saved will not close the run
+            self._end_child(node, "FINISHED")
+
+    @hook_impl
+    def on_node_error(self, node: Any) -> None:
+        self._end_child(node, "FAILED")

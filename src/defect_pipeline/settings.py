@@ -7,9 +7,10 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from defect_pipeline.hooks import ParameterValidationHook
+from defect_pipeline.hooks import MlflowStageRunHook, ParameterValidationHook, TrackingServerCheckHook
 
-HOOKS = (ParameterValidationHook(),)
+# validation first (tryfirst), then the tracking check; kedro-mlflow's own hook comes after both
+HOOKS = (TrackingServerCheckHook(), ParameterValidationHook(), MlflowStageRunHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -18,4 +19,7 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {"oc.env": oc.env},
     # an environment (conf/neu_seg, conf/gpu) overrides only the keys it names
     "merge_strategy": {"parameters": "soft"},
+    # kedro-mlflow adds this pattern itself, but only in its own hook; the tracking-server check
+    # reads mlflow.yml before that
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
 }

@@ -66,8 +66,8 @@ FAMILY_CASES = [
     ("resnet18", "auto", 64, "fpn", 32, {}),
     ("efficientnet_b0", "auto", 64, "fpn", 32, {}),
     ("convnext_atto", "auto", 64, "fpn", 32, {}),
-    ("resnet18", "unet", 32, "unet", 32, {}),
-    ("swin_tiny_patch4_window7_224", "auto", 32, "fpn", 32, {}),
+    ("resnet18", "unet", 64, "unet", 32, {}),
+    ("swin_tiny_patch4_window7_224", "auto", 64, "fpn", 32, {}),
     ("vit_tiny_patch16_224", "auto", 64, "dpt", 32, {"image_size": 64}),
     ("vit_small_patch14_dinov2", "auto", 56, "sfp", 14, {"image_size": 56}),
 ]
@@ -237,8 +237,10 @@ def test_bad_image_size_is_a_clear_value_error() -> None:
     message = r"image size 100 is not a multiple of the model stride 32 for resnet18; use 96 or 128"
     with pytest.raises(ValueError, match=message):
         _meta("resnet18", image_size=100)
-    with pytest.raises(ValueError, match=r"stride 32 .*; use 32$"):
+    with pytest.raises(ValueError, match=r"stride 32 .*; use 64$"):
         check_input_size(32, 20)
+    with pytest.raises(ValueError, match=r"image size 32 gives a 1x1 deepest feature map .*; use at least 64"):
+        check_input_size(32, 32)
     dinov2 = _meta("vit_small_patch14_dinov2")
     check_input_size(dinov2, 70)
     message = r"image size 60 is not a multiple of the model stride 14 for vit_small_patch14_dinov2; use 56 or 70"

@@ -1,4 +1,4 @@
-"""Training stages through a real KedroSession on a tiny demo dataset (1 epoch, 32 px)."""
+"""Training stages through a real KedroSession on a tiny demo dataset (1 epoch, 64 px)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ import pandas as pd
 import pytest
 
 from defect_pipeline.ml.checkpoint import safe_torch_load
-from tests.conftest import run_kedro
+from tests.conftest import TINY, TINY_STAGE, run_kedro
 
 pytestmark = pytest.mark.slow
 
-TINY_STAGE = {"epochs": 1, "batch_size": 8, "max_batches_per_epoch": 2, "warmup_epochs": 0.0}
-TINY = {
-    "data": {"demo": {"images_per_class": 6, "good_images": 6, "image_size": 64}, "check": {"num_workers": 0}},
-    "model": {"backbone": "resnet18", "image_size": 32, "decoder_channels": 32},
-    "augmentation": {"preview_samples": 2, "preview_views": 2},
-    "stage1": TINY_STAGE, "stage2": TINY_STAGE, "stage3": TINY_STAGE,
-}
 
 
 def _summary(project: Path, stage: str) -> dict:

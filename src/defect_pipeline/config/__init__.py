@@ -7,6 +7,7 @@ keys and bad values fail at start-up with a message that names the key (see
 """
 
 from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.tracking import CompareRunsParams
 from defect_pipeline.config.training import (
     AugmentationParams,
     LossParams,
@@ -24,6 +25,7 @@ from defect_pipeline.config.data import (
 
 __all__ = [
     "AugmentationParams",
+    "CompareRunsParams",
     "LossParams",
     "ModelParams",
     "RuntimeParams",

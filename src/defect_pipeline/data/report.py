@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.markdown import markdown_table
 
 
 def _reason_code(reason: str) -> str:
@@ -120,12 +121,6 @@ def build_data_report(manifest: pd.DataFrame, *, raw_source: dict, scan_summary:
     }
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def render_data_report_markdown(report: dict[str, Any], quarantine: pd.DataFrame, max_rows: int = 50) -> str:
     """A human-readable data report (Markdown)."""
     acc = report["accounting"]
@@ -146,18 +141,18 @@ def render_data_report_markdown(report: dict[str, Any], quarantine: pd.DataFrame
     parts += ["", "## Accepted samples per split and class", ""]
     labels = sorted({label for counts in report["class_counts"].values() for label in counts})
     splits = sorted(report["class_counts"])
-    parts.append(_table(["label", *splits, "total"],
+    parts.append(markdown_table(["label", *splits, "total"],
                         [[label, *[report["class_counts"][s].get(label, 0) for s in splits],
                           report["class_counts_total"].get(label, 0)] for label in labels]))
     parts += ["", "## Quarantined", ""]
     if report["quarantine_reasons"]:
-        parts.append(_table(["reason", "count"], [[k, v] for k, v in report["quarantine_reasons"].items()]))
+        parts.append(markdown_table(["reason", "count"], [[k, v] for k, v in report["quarantine_reasons"].items()]))
         parts += ["", f"First {min(max_rows, len(quarantine))} of {len(quarantine)} (all in quarantine.csv):", ""]
-        parts.append(_table(["file", "reason"], [[r.file, r.reason] for r in quarantine.head(max_rows).itertuples()]))
+        parts.append(markdown_table(["file", "reason"], [[r.file, r.reason] for r in quarantine.head(max_rows).itertuples()]))
     else:
         parts.append("Nothing quarantined.")
     parts += ["", "## Flags on accepted samples", ""]
-    parts.append(_table(["flag", "count"], [[k, v] for k, v in report["flags"].items()])
+    parts.append(markdown_table(["flag", "count"], [[k, v] for k, v in report["flags"].items()])
                  if report["flags"] else "No flags.")
     dup = report["duplicates"]
     parts += ["", "## Duplicates", "",
@@ -175,7 +170,7 @@ def render_data_report_markdown(report: dict[str, Any], quarantine: pd.DataFrame
               f"{masks['empty_defect_masks']}; defect-free label with non-empty mask: {masks['nonempty_good_masks']}",
               ""]
     stat_keys = ["images", "area_mean", "area_median", "area_min", "area_max", "coverage_mean", "components_mean"]
-    parts.append(_table(["class", *stat_keys],
+    parts.append(markdown_table(["class", *stat_keys],
                         [[name, *[entry.get(k, "") for k in stat_keys]] for name, entry in masks["per_class"].items()]))
     parts += ["", "## Image modes and sizes", "",
               ", ".join(f"{k}: {v}" for k, v in report["image_modes"].items()),

@@ -202,10 +202,11 @@ def _seed_epoch(loader, seed: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMetrics, *, device: str,
              precision: str, step: int, total_steps: int, limit: int | None = None) -> dict[str, float]:
-    """Validation loss and metrics over the loader (deterministic: no augmentation, fixed order)."""
+    """Validation loss and metrics over the loader (deterministic: no augmentation, fixed order),
+    and the evaluation throughput ``val_samples_per_s``."""
     model.eval()
     metrics.reset()
-    total, count = 0.0, 0
+    total, count, started = 0.0, 0, time.perf_counter()
     for _, batch in _batches(loader, limit):
         image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
         with _autocast(device, precision):
@@ -216,6 +217,7 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMet
         metrics.update(out.seg_logits.float(), out.cls_logits.float(), mask, label)
     result = {"val_loss": total / max(count, 1)}
     result.update({f"val_{k}": float(v) for k, v in metrics.compute().items()})
+    result["val_samples_per_s"] = count / max(time.perf_counter() - started, 1e-9)
     return result
 
 

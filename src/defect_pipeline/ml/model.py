@@ -798,10 +798,12 @@ def load_backbone_state(model: MultitaskNet, checkpoint: dict[str, Any], *, sour
 
 
 def check_input_size(model_or_stride: MultitaskNet | int, image_size: int, *, name: str | None = None) -> None:
-    """Raise ``ValueError`` unless ``image_size`` is a positive multiple of the model stride.
+    """Raise ``ValueError`` unless ``image_size`` is a multiple of the model stride, at least twice it.
 
     The message names the two nearest valid sizes, e.g. ``"image size 100 is not a multiple of
-    the model stride 32 for resnet18; use 96 or 128"``.
+    the model stride 32 for resnet18; use 96 or 128"``. The deepest feature map must be at least
+    2×2: at 1×1 the decoder's normalisation layers (GroupNorm in FPN, BatchNorm in training) have
+    one value per channel and fail on a batch of one image.
     """
     if isinstance(model_or_stride, int):
         stride = model_or_stride
@@ -811,10 +813,12 @@ def check_input_size(model_or_stride: MultitaskNet | int, image_size: int, *, na
         label = name or getattr(model_or_stride, "backbone_name", "this model")
     size = int(image_size)
     if size > 0 and size % stride == 0:
+        if size < 2 * stride:
+            raise ValueError(f"image size {size} gives a 1x1 deepest feature map with the model stride {stride} "
+                             f"for {label}; use at least {2 * stride}")
         return
     lower = (size // stride) * stride
-    upper = lower + stride
-    options = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+    options = " or ".join(str(c) for c in (lower, lower + stride) if c >= 2 * stride) or str(2 * stride)
     raise ValueError(f"image size {size} is not a multiple of the model stride {stride} for {label}; use {options}")
 
 

@@ -28,6 +28,8 @@ from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.model import check_input_size, count_parameters, create_model, load_backbone_state
+from defect_pipeline.ml.predict import ModelPackage
+from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +69,26 @@ def _initial_weights(stage: str, cfg: StageParams, init_store: CheckpointStore |
     return read_weights_file(cfg.init_from), cfg.init_from
 
 
+# history column → whether higher is better; the best of each over the epochs is in the summary
+BEST_VALUE_COLUMNS = {"val_loss": False, "val_combined_score": True, "val_miou": True, "val_macro_f1": True}
+
+
+def _best_values(history: pd.DataFrame) -> dict[str, float]:
+    return {column: float(history[column].max() if higher else history[column].min())
+            for column, higher in BEST_VALUE_COLUMNS.items()
+            if column in history.columns and history[column].notna().any()}
+
+
 def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                 checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
                 data: dict[str, Any], runtime: dict[str, Any], stage: dict[str, Any],
                 init_store: CheckpointStore | None = None, *, stage_name: str
-                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure]:
-    """Train one stage; returns the checkpoint store, the history, a summary and the curves."""
+                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure, ModelPackage]:
+    """Train one stage.
+
+    Returns the checkpoint store, the history, a summary, the curves and the best checkpoint as a
+    model package. Epoch metrics go to the active MLflow run (the stage's child run) as they come.
+    """
     model_cfg, aug, data_cfg, cfg = (ModelParams.model_validate(model), AugmentationParams.model_validate(augmentation),
                                      DataParams.model_validate(data), StageParams.model_validate(stage))
     runtime_cfg = RuntimeParams.model_validate(runtime)
@@ -147,12 +163,17 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     logger.info("%s: %d train / %d val samples, device %s, precision %s, batch %d x %d accumulation",
                 stage_name, len(train_set), len(val_set), device, engine_cfg.precision, cfg.batch_size,
                 cfg.accumulate_grad_batches)
+    tracker = MlflowTrainingLogger()
     result = train(net, loss_fn, train_loader, val_loader, metrics=MultitaskMetrics(labels, model_cfg.seg_mode),
-                   config=engine_cfg, store=checkpoint_dir, meta=meta)
+                   config=engine_cfg, store=checkpoint_dir, meta=meta, training_logger=tracker)
+    if result.already_finished:  # nothing trained: the child run still shows the stage's curves
+        for row in result.history:
+            tracker.log_epoch(int(row["epoch"]), int(row["global_step"]), row)
     history = pd.DataFrame(result.history)
     monitor = f"val_{cfg.early_stopping.monitor}"
     summary = {
         "stage": stage_name, "backbone": model_cfg.backbone, "decoder": net.decoder_name,
+        "device": device, "precision": engine_cfg.precision,
         "init_from": init_description, "monitor": monitor, "best_metric": result.best_metric,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
         "total_steps": result.total_steps, "stopped_early": result.stopped_early,
@@ -160,6 +181,12 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
         "best_checkpoint": str(checkpoint_dir.best_path), "last_checkpoint": str(checkpoint_dir.last_path),
         "parameters": count_parameters(net), "labels": labels.to_dict(), "manifest_hash": meta["manifest_hash"],
         "final": {k: v for k, v in (result.history[-1] if result.history else {}).items()},
+        "best_values": _best_values(history),
     }
+    log_stage_result(summary)
     curves = plot_training_curves(history, monitor=monitor, title=f"{stage_name}: {model_cfg.backbone}")
-    return checkpoint_dir, history, summary, curves
+    best_kind = "best" if checkpoint_dir.has_best() else "last"
+    package = ModelPackage.from_checkpoint(checkpoint_dir.load(best_kind),
+                                           source=str(checkpoint_dir.best_path if best_kind == "best"
+                                                      else checkpoint_dir.last_path))
+    return checkpoint_dir, history, summary, curves, package

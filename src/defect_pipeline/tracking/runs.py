@@ -1,0 +1,190 @@
+"""Child runs of training stages: readable parameters, per-epoch metrics, reproducibility tags.
+
+Every ``kedro run`` is one MLflow run (opened by kedro-mlflow); each training stage that runs in
+it logs into a nested child run named after the stage. This module holds what goes into those
+runs; :class:`MlflowTrainingLogger` is the engine's :class:`~defect_pipeline.ml.engine.TrainingLogger`
+that sends each epoch's row to the active run with the epoch as the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+
+logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "defect_pipeline."
+STAGE_TAG = TAG_PREFIX + "stage"  # set on every stage child run: compare_runs finds them by it
+KIND_TAG = TAG_PREFIX + "kind"
+# Kedro nodes carrying this tag run inside their own nested MLflow run, named after their namespace
+TRACKED_STAGE_TAG = "mlflow_child_run"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server cannot be reached (raised before any node runs)."""
+
+
+def git_info(path: str | Path) -> dict[str, str]:
+    """``git.commit`` and ``git.dirty`` of the checkout holding ``path`` (``unknown`` outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git.commit": "unknown (not a git checkout)", "git.dirty": "unknown"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git.commit": commit, "git.dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def reproducibility_tags(*, project_path: str | Path, env: str | None, pipeline: str,
+                         argv: list[str] | None = None) -> dict[str, str]:
+    """Tags that make a run reproducible: git commit and dirty flag, kedro env, pipeline, command line."""
+    package_root = Path(__file__).resolve().parents[1]
+    tags = git_info(project_path)
+    if tags["git.commit"].startswith("unknown"):  # a project copy outside git: use the installed package's checkout
+        tags = git_info(package_root)
+    return {
+        **tags,
+        "kedro.env": env or "local (default)",
+        "kedro.pipeline": pipeline,
+        "command_line": " ".join(argv if argv is not None else sys.argv),
+    }
+
+
+def flatten(data: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"loss": {"weighting": "fixed"}}`` → ``{"loss.weighting": "fixed"}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+STAGE_PARAM_NAMES = {"lr": "lr_head", "backbone_lr": "lr_backbone"}
+
+
+def stage_params(model: dict[str, Any], stage: dict[str, Any], runtime: dict[str, Any] | None = None,
+                 augmentation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The readable parameter set of a stage child run.
+
+    Model keys as they are (``backbone``, ``decoder``, ``image_size`` ...), stage keys flattened
+    (``epochs``, ``lr_head``, ``lr_backbone``, ``loss.weighting``, ``dropout.rate`` ...), the
+    augmentation recipe as the list of its transform names.
+    """
+    params: dict[str, Any] = {k: v for k, v in model.items()}
+    for key, value in flatten(stage).items():
+        params[STAGE_PARAM_NAMES.get(key, key)] = value
+    if params.get("lr_backbone") is None:
+        params["lr_backbone"] = params.get("lr_head")
+    if runtime:
+        params.update({f"runtime.{k}": v for k, v in flatten(runtime).items()})
+    if augmentation is not None:
+        recipe = augmentation.get("recipe") or []
+        params["augmentation"] = ",".join(str(entry.get("name")) for entry in recipe) or "none"
+    return {k: ("null" if v is None else v) for k, v in params.items()}
+
+
+def log_params(params: dict[str, Any], max_length: int = 6000) -> None:
+    """Log parameters to the active run in batches, truncating values MLflow would refuse."""
+    items = [(k, str(v)[:max_length]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+
+
+def numeric_metrics(row: dict[str, Any], skip: tuple[str, ...] = ("epoch",)) -> dict[str, float]:
+    """The finite numbers of a history row (MLflow refuses strings; NaN carries no information)."""
+    out = {}
+    for key, value in row.items():
+        if key in skip or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+class MlflowTrainingLogger:
+    """Per-epoch metrics (step = epoch) into the active MLflow run; a no-op without one."""
+
+    def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
+        logger.info("epoch %d (step %d): %s", epoch, step,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics(numeric_metrics(row), step=int(epoch))
+
+    def log_checkpoint(self, kind: str, path: Path) -> None:
+        logger.debug("checkpoint %s -> %s", kind, path)
+        if mlflow.active_run() is not None:
+            mlflow.set_tag(f"{TAG_PREFIX}checkpoint.{kind}", str(path))
+
+
+def log_stage_result(summary: dict[str, Any]) -> None:
+    """Best and final figures of a finished stage into the active run.
+
+    ``best_<metric>`` for each entry of ``summary["best_values"]`` (the best value over the
+    epochs), ``best_epoch`` (epoch of the monitored metric's best), step counts and
+    ``parameters_<total|trainable|frozen|backbone|head>``. The final value of every per-epoch
+    metric is its latest value in MLflow (what the UI's run table shows). Tags ``decoder``,
+    ``device`` and ``precision`` record what ``auto`` resolved to.
+    """
+    if mlflow.active_run() is None:
+        return
+    metrics: dict[str, float] = {f"best_{k}": float(v) for k, v in (summary.get("best_values") or {}).items()}
+    if summary.get("best_epoch") is not None:
+        metrics["best_epoch"] = float(summary["best_epoch"])
+    for key in ("epochs_run", "global_step", "total_steps"):
+        if summary.get(key) is not None:
+            metrics[key] = float(summary[key])
+    for key, value in (summary.get("parameters") or {}).items():
+        metrics[f"parameters_{key}"] = float(value)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+    tags = {f"{TAG_PREFIX}stopped_early": str(summary.get("stopped_early")).lower(),
+            f"{TAG_PREFIX}already_finished": str(summary.get("already_finished")).lower()}
+    # what "auto" resolved to (the parameters keep what was asked for)
+    tags.update({key: str(summary[key]) for key in ("decoder", "device", "precision") if summary.get(key)})
+    mlflow.set_tags(tags)
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 3.0) -> None:
+    """Fail within ``timeout`` seconds when an ``http(s)`` tracking server cannot be reached.
+
+    MLflow's own client retries a dead server with back-off for minutes; this check opens one TCP
+    connection first. A ``sqlite:///`` URI must point into an existing, writable folder.
+    """
+    parsed = urlparse(uri)
+    hint = ("set MLFLOW_TRACKING_URI (or server.mlflow_tracking_uri in conf/<env>/mlflow.yml) to a running server, "
+            "or unset it to track into sqlite:///mlflow.db at the project root")
+    if parsed.scheme in ("http", "https"):
+        host = parsed.hostname or "localhost"
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        started = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as error:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} is unreachable ({type(error).__name__}: {error}, after "
+                f"{time.monotonic() - started:.1f} s); nothing was run. Start the server, or {hint}."
+            ) from None
+    elif parsed.scheme == "sqlite":
+        database = uri[len("sqlite:///"):]
+        if database and database != ":memory:":
+            folder = Path(database).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise TrackingUnavailableError(
+                    f"MLflow tracking database {uri}: folder {folder} does not exist; create it, or {hint}.")

@@ -1,0 +1,70 @@
+"""Tracking helpers: readable stage parameters, reproducibility tags, the fast server check."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from defect_pipeline.tracking.runs import (
+    TrackingUnavailableError,
+    check_tracking_uri,
+    git_info,
+    numeric_metrics,
+    stage_params,
+)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_stage_params_are_flat_and_readable() -> None:
+    params = stage_params({"backbone": "convnext_atto", "image_size": 64},
+                          {"lr": 1e-3, "backbone_lr": None, "loss": {"weighting": "uncertainty", "alpha": 1.0}},
+                          runtime={"cpu_threads": 1},
+                          augmentation={"recipe": [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip"}]})
+    assert params["backbone"] == "convnext_atto"
+    assert params["lr_head"] == 1e-3 and params["lr_backbone"] == 1e-3  # null backbone_lr means "same as lr"
+    assert params["loss.weighting"] == "uncertainty" and params["loss.alpha"] == 1.0
+    assert params["runtime.cpu_threads"] == 1
+    assert params["augmentation"] == "HorizontalFlip,VerticalFlip"
+
+
+def test_numeric_metrics_drop_text_booleans_and_nan() -> None:
+    row = {"epoch": 3, "val_loss": 0.5, "lr_head": 1e-3, "note": "x", "flag": True, "val_iou": float("nan")}
+    assert numeric_metrics(row) == {"val_loss": 0.5, "lr_head": 1e-3}
+
+
+def test_git_info_reports_commit_and_dirty_flag(tmp_path: Path) -> None:
+    assert git_info(tmp_path)["git.commit"].startswith("unknown")
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-qm", "one")
+    clean = git_info(tmp_path)
+    assert len(clean["git.commit"]) == 40 and clean["git.dirty"] == "false"
+    (tmp_path / "a.txt").write_text("2")
+    assert git_info(tmp_path)["git.dirty"] == "true"
+
+
+def test_a_closed_port_fails_fast_with_the_uri_and_what_to_do() -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=r"unreachable.*MLFLOW_TRACKING_URI"):
+        check_tracking_uri(uri, timeout=2.0)
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_sqlite_uri_in_a_missing_folder_is_named(tmp_path: Path) -> None:
+    check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(TrackingUnavailableError, match="does not exist"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
