@@ -45,6 +45,29 @@ def make_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return project
 
 
+# the shared tiny default run: stage1 runs two epochs so that metric histories have two steps
+TINY_DEFAULT_RUN = {**TINY, "stage1": {**TINY_STAGE, "epochs": 2}}
+
+
+@pytest.fixture(scope="session")
+def tiny_default_run(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny default `kedro run` (data → … → stage3 → thresholds → evaluate → inference on the test
+    split), shared by the tests that only read its outputs and MLflow runs. Tests that run more
+    pipelines copy it (:func:`copy_project`)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        project = make_project(tmp_path_factory.mktemp("tiny_default") / "project", monkeypatch)
+        run_kedro(project, params=TINY_DEFAULT_RUN)
+    yield project
+
+
+def copy_project(source: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A full copy of a project (data, models, MLflow database and artifacts), made current."""
+    shutil.copytree(source, target, symlinks=True)
+    monkeypatch.chdir(target)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{target / 'mlflow.db'}")
+    return target
+
+
 @pytest.fixture
 def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A throw-away copy of the project (conf + pyproject) with its own MLflow database."""
@@ -75,3 +98,22 @@ def neu_seg_root() -> Path:
     if not (NEU_SEG_ROOT / "img_dir").is_dir():
         pytest.skip(f"NEU-Seg not found at {NEU_SEG_ROOT}")
     return NEU_SEG_ROOT
+
+
+def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0):
+    """A randomly initialised resnet18 + FPN model package at 64 px (no training), for prediction tests."""
+    import torch
+
+    from defect_pipeline.ml.model import create_model
+    from defect_pipeline.ml.predict import ModelPackage
+
+    torch.manual_seed(seed)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        net = create_model("resnet18", num_image_classes=labels.num_image_classes,
+                           num_seg_classes=labels.num_seg_classes, seg_mode=seg_mode, decoder_channels=32,
+                           image_size=64)
+    state = {"model": net.state_dict(), "labels": labels.to_dict(), "stage": "stage1", "epoch": 3,
+             "model_meta": {"backbone": "resnet18", "decoder": net.decoder_name, "seg_mode": seg_mode,
+                            "image_size": 64},
+             "config": {"model": {"decoder_channels": 32}}, "manifest_hash": "abc"}
+    return ModelPackage.from_checkpoint(state, source="best.pt", thresholds=thresholds)

@@ -11,12 +11,16 @@ from kedro.framework.hooks import hook_impl
 
 from defect_pipeline.config import ModelParams, StageParams, validate_parameters
 from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.ml.predict import ModelStore
 from defect_pipeline.tracking.runs import (
     KIND_TAG,
+    SOURCE_RUN_TAG,
     STAGE_TAG,
     TAG_PREFIX,
     TRACKED_STAGE_TAG,
     check_tracking_uri,
+    flatten,
+    kind_of,
     log_params,
     reproducibility_tags,
     stage_params,
@@ -56,14 +60,15 @@ class TrackingServerCheckHook:
 
 
 class MlflowStageRunHook:
-    """Each training stage logs into a nested child run of the ``kedro run``'s MLflow run.
+    """Each training stage (and thresholds, evaluate, inference, export) logs into a nested child run.
 
     kedro-mlflow opens one run per ``kedro run`` and has no nesting. For a node tagged
     ``mlflow_child_run`` this hook opens a child run named after the node's namespace
     (``stage1``...) once kedro-mlflow has re-activated the parent, logs the stage's readable
     parameters and tags, and closes it after the node's last output was saved — so the outputs
     that are MLflow artifacts (history, curves, summary, model) land in the child run. A node that
-    raises closes its child run as FAILED (kedro-mlflow then fails the parent).
+    raises closes its child run as FAILED (kedro-mlflow then fails the parent). Child runs of nodes
+    that use a trained model are tagged with the run that trained it (``defect_pipeline.source_run_id``).
 
     The parent run gets the reproducibility tags (git commit and dirty flag, kedro env, pipeline,
     command line) and the data-manifest hash once the manifest is read or written.
@@ -73,6 +78,7 @@ class MlflowStageRunHook:
         self._tags: dict[str, str] = {}
         self._child: tuple[str, str, set[str]] | None = None  # (node name, run id, outputs not saved yet)
         self._manifest_tagged = False
+        self._manifest_hash: str | None = None
 
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -80,7 +86,7 @@ class MlflowStageRunHook:
         names = [names] if isinstance(names, str) else names
         self._tags = reproducibility_tags(project_path=run_params.get("project_path", "."),
                                           env=run_params.get("env"), pipeline="+".join(names))
-        self._child, self._manifest_tagged = None, False
+        self._child, self._manifest_tagged, self._manifest_hash = None, False, None
         if mlflow.active_run() is not None:
             mlflow.set_tags(self._tags)
 
@@ -88,7 +94,8 @@ class MlflowStageRunHook:
         if dataset_name != "manifest" or self._manifest_tagged or not isinstance(data, pd.DataFrame):
             return
         if mlflow.active_run() is not None and self._child is None:
-            mlflow.set_tag(f"{TAG_PREFIX}manifest_hash", manifest_hash(data))
+            self._manifest_hash = manifest_hash(data)
+            mlflow.set_tag(f"{TAG_PREFIX}manifest_hash", self._manifest_hash)
             self._manifest_tagged = True
 
     @hook_impl
@@ -99,20 +106,35 @@ class MlflowStageRunHook:
     def before_node_run(self, node: Any, inputs: dict[str, Any]) -> None:
         if TRACKED_STAGE_TAG not in node.tags or mlflow.active_run() is None:
             return
-        stage = node.namespace or node.name
-        tags = {**self._tags, STAGE_TAG: stage, KIND_TAG: "stage"}
+        name = node.namespace or node.name
+        kind = kind_of(node.tags)
+        tags = {**self._tags, KIND_TAG: kind}
         model = inputs.get("params:model") or {}
-        if "backbone" in model:
-            tags["backbone"] = str(model["backbone"])
+        if kind == "stage":
+            tags[STAGE_TAG] = name
+            tags["backbone"] = str(ModelParams.model_validate(model).backbone)
+        for value in inputs.values():  # a node using a trained model: which run trained it
+            if isinstance(value, ModelStore):
+                meta = value.meta()
+                tags.update({key: str(meta[field]) for key, field in (
+                    (SOURCE_RUN_TAG, "training_run_id"), ("backbone", "backbone"),
+                    (f"{TAG_PREFIX}source_stage", "stage")) if meta.get(field)})
         if isinstance(inputs.get("manifest"), pd.DataFrame):
             tags[f"{TAG_PREFIX}manifest_hash"] = manifest_hash(inputs["manifest"])
-        run = mlflow.start_run(run_name=stage, nested=True, tags=tags)
-        # the validated blocks, so defaults the YAML leaves out are logged too
-        log_params(stage_params(ModelParams.model_validate(model).model_dump(mode="json"),
-                                StageParams.model_validate(inputs.get(f"params:{stage}") or {}).model_dump(mode="json"),
-                                runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation")))
+        elif self._manifest_hash:  # the data this run's pipeline read or wrote
+            tags[f"{TAG_PREFIX}manifest_hash"] = self._manifest_hash
+        run = mlflow.start_run(run_name=name, nested=True, tags=tags)
+        if kind == "stage":  # the validated blocks, so defaults the YAML leaves out are logged too
+            log_params(stage_params(
+                ModelParams.model_validate(model).model_dump(mode="json"),
+                StageParams.model_validate(inputs.get(f"params:{name}") or {}).model_dump(mode="json"),
+                runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation")))
+        else:
+            log_params({key: value for block, params in inputs.items() if block.startswith("params:")
+                        and block not in ("params:data", "params:runtime") and isinstance(params, dict)
+                        for key, value in flatten(params, block[len("params:"):]).items()})
         self._child = (node.name, run.info.run_id, set(node.outputs))
-        logger.info("%s: MLflow child run %s", stage, run.info.run_id)
+        logger.info("%s: MLflow child run %s", name, run.info.run_id)
 
     def _end_child(self, node: Any, status: str) -> None:
         if self._child is None or self._child[0] != node.name:

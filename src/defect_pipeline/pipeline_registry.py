@@ -1,4 +1,4 @@
-"""Project pipelines: ``data``, ``augmentation``, ``stage1``/``stage2``/``stage3``, ``training``, ``compare_runs``."""
+"""Project pipelines: data, augmentation, stage1-3, training, thresholds, evaluate, inference, export, compare_runs."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ from kedro.pipeline import Pipeline
 
 from defect_pipeline.pipelines.compare_runs import create_pipeline as create_compare_runs_pipeline
 from defect_pipeline.pipelines.data import create_pipeline as create_data_pipeline
+from defect_pipeline.pipelines.evaluate import create_pipeline as create_evaluate_pipeline
+from defect_pipeline.pipelines.export import create_pipeline as create_export_pipeline
+from defect_pipeline.pipelines.inference import create_pipeline as create_inference_pipeline
+from defect_pipeline.pipelines.inference import create_test_split_pipeline
+from defect_pipeline.pipelines.thresholds import create_pipeline as create_thresholds_pipeline
 from defect_pipeline.pipelines.training.pipeline import STAGES, create_augmentation_pipeline, create_stage_pipeline
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines; ``__default__`` runs data → preview → stage1 → stage2 → stage3.
+    """Register the project's pipelines.
 
-    ``compare_runs`` reads MLflow, not this run's outputs, so it is not part of ``__default__``.
+    ``__default__``: data → preview → stage1 → stage2 → stage3 → thresholds → evaluate → inference
+    on the test split. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX) and
+    ``compare_runs`` (reads MLflow) run on request.
     """
     stages = {name: create_stage_pipeline(name, previous) for name, previous in STAGES.items()}
     pipelines: dict[str, Pipeline] = {
@@ -21,6 +28,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         **stages,
     }
     pipelines["training"] = sum(stages.values(), Pipeline([]))
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    pipelines["thresholds"] = create_thresholds_pipeline()
+    pipelines["evaluate"] = create_evaluate_pipeline()
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([])) + create_test_split_pipeline()
+    pipelines["inference"] = create_inference_pipeline()
+    pipelines["export"] = create_export_pipeline()
     pipelines["compare_runs"] = create_compare_runs_pipeline()
     return pipelines

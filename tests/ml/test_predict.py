@@ -11,21 +11,14 @@ import torch
 
 from defect_pipeline.ml.augment import build_transform
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.model import create_model
 from defect_pipeline.ml.predict import ModelPackage, Predictor, Thresholds, as_rgb_uint8, remove_small_regions
+from tests.conftest import make_tiny_package
 
 LABELS = LabelSpace(("crack", "spot"), has_good=True)
 
 
 def _package(seg_mode: str = "multiclass", thresholds: Thresholds | None = None) -> ModelPackage:
-    torch.manual_seed(0)
-    net = create_model("resnet18", num_image_classes=LABELS.num_image_classes, num_seg_classes=LABELS.num_seg_classes,
-                       seg_mode=seg_mode, decoder_channels=32, image_size=64)
-    state = {"model": net.state_dict(), "labels": LABELS.to_dict(), "stage": "stage1", "epoch": 3,
-             "model_meta": {"backbone": "resnet18", "decoder": net.decoder_name, "seg_mode": seg_mode,
-                            "image_size": 64},
-             "config": {"model": {"decoder_channels": 32}}, "manifest_hash": "abc"}
-    return ModelPackage.from_checkpoint(state, source="best.pt", thresholds=thresholds)
+    return make_tiny_package(LABELS, seg_mode=seg_mode, thresholds=thresholds)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def test_preprocessing_equals_the_training_evaluation_transform(package: ModelPa
     predictor = Predictor(package)
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
     expected = build_transform(None, image_size=64, train=False)(image=image, mask=np.zeros((45, 70), np.uint8))
-    torch.testing.assert_close(predictor._tensor(image), expected["image"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predictor.preprocess(image), expected["image"], atol=1e-5, rtol=1e-5)
 
 
 def test_images_of_any_size_and_mode_give_masks_at_their_own_size(package: ModelPackage) -> None:

@@ -17,13 +17,11 @@ from mlflow import MlflowClient
 
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.tracking.runs import TrackingUnavailableError
-from tests.conftest import TINY, TINY_STAGE, make_project, run_kedro
+from tests.conftest import TINY, TINY_STAGE, run_kedro
 
 pytestmark = pytest.mark.slow
 
 STAGES = ("stage1", "stage2", "stage3")
-# stage1 runs two epochs so that metric histories have more than one step
-RUN = {**TINY, "stage1": {**TINY_STAGE, "epochs": 2}}
 
 
 def _client(project: Path) -> MlflowClient:
@@ -38,23 +36,20 @@ def _runs(project: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory: pytest.TempPathFactory):
-    """One tiny default `kedro run` (data → preview → stage1 → stage2 → stage3), shared by the tests."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        project = make_project(tmp_path_factory.mktemp("tracked") / "project", monkeypatch)
-        run_kedro(project, params=RUN)
-        runs = _runs(project)
-        parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-        children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-        yield project, parent, children
+def tracked_run(tiny_default_run: Path):
+    """The tiny default `kedro run` shared by the session: its parent run and child runs by name."""
+    runs = _runs(tiny_default_run)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    return tiny_default_run, parent, children
 
 
 def test_one_parent_run_and_one_child_run_per_stage(tracked_run) -> None:
     project, parent, children = tracked_run
-    assert len(_runs(project)) == 4
+    assert len(_runs(project)) == 7
     assert parent.info.status == "FINISHED" and parent.info.run_name == "__default__"
-    assert sorted(children) == list(STAGES)
-    for stage, child in children.items():
+    assert sorted(children) == ["evaluate", "predict", *STAGES, "thresholds"]
+    for stage, child in ((name, children[name]) for name in STAGES):
         assert child.info.status == "FINISHED"
         assert child.data.tags["defect_pipeline.stage"] == stage
         assert child.data.params["backbone"] == "resnet18"
@@ -99,7 +94,7 @@ def test_artifacts_are_in_the_run_they_belong_to(tracked_run) -> None:
 
     assert {"data/data_report.json", "data/data_report.md", "data/quarantine.csv"} <= files(parent.info.run_id, "data")
     assert "augmentation/augmentation_preview.png" in files(parent.info.run_id, "augmentation")
-    for stage, child in children.items():
+    for stage, child in ((name, children[name]) for name in STAGES):
         assert {f"{stage}/history.csv", f"{stage}/curves.png", f"{stage}/training_summary.json"} <= \
             files(child.info.run_id, stage)
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(
@@ -111,7 +106,7 @@ def test_artifacts_are_in_the_run_they_belong_to(tracked_run) -> None:
 def test_tags_make_the_run_reproducible(tracked_run) -> None:
     project, parent, children = tracked_run
     expected_hash = manifest_hash(pd.read_parquet(project / "data/03_primary/manifest.parquet"))
-    for run in (parent, *children.values()):
+    for run in (parent, *children.values()):  # stages, thresholds, evaluate and predict alike
         tags = run.data.tags
         assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
         assert tags["kedro.pipeline"] == "__default__"

@@ -9,6 +9,7 @@ BENCHMARKS = {
     "data_check": "defect_pipeline.benchmarks.data_check",
     "training": "defect_pipeline.benchmarks.training",
     "test_metrics": "defect_pipeline.benchmarks.test_metrics",
+    "evaluation": "defect_pipeline.benchmarks.evaluation",
 }
 
 

@@ -1,4 +1,7 @@
-"""Test-split metrics of a trained checkpoint (until the ``evaluate`` pipeline exists).
+"""Test-split metrics of a stage checkpoint with argmax decisions, and the training wall time.
+
+The ``evaluate`` pipeline (and the ``evaluation`` benchmark) report the same metrics at fixed and
+tuned thresholds; this one reads a checkpoint directly and adds the training time.
 
 Loads a stage checkpoint (model, label space and configuration are in it), runs it over the
 accepted ``test`` rows of the manifest with the validation transform, and reports mIoU with and

@@ -7,6 +7,7 @@ keys and bad values fail at start-up with a message that names the key (see
 """
 
 from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
 from defect_pipeline.config.tracking import CompareRunsParams
 from defect_pipeline.config.training import (
     AugmentationParams,
@@ -26,6 +27,10 @@ from defect_pipeline.config.data import (
 __all__ = [
     "AugmentationParams",
     "CompareRunsParams",
+    "EvaluationParams",
+    "ExportParams",
+    "InferenceParams",
+    "ThresholdsParams",
     "LossParams",
     "ModelParams",
     "RuntimeParams",

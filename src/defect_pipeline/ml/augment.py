@@ -336,6 +336,18 @@ def _to_display_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(np.int64)
 
 
+def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``(H, W, 3)`` uint8 image with each defect class of ``mask`` blended in its colour."""
+    out = np.asarray(image, dtype=np.float64).copy()
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    mask = np.asarray(mask)
+    for c in (int(c) for c in np.unique(mask) if c > 0):
+        colour = np.asarray(_class_colour(c)) * 255.0
+        out[mask == c] = (1.0 - alpha) * out[mask == c] + alpha * colour
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def _draw(ax: Any, image: np.ndarray, mask: np.ndarray, alpha: float) -> None:
     ax.imshow(image, interpolation="nearest")
     classes = [int(c) for c in np.unique(mask) if c > 0]

@@ -118,22 +118,33 @@ class MultitaskMetrics:
             mask: (N, H, W) target class indices (background 0), possibly ``ignore_index``.
             label: (N,) target image-class indices.
         """
-        cls_pred = cls_logits.detach().argmax(dim=1).cpu()
-        self._cls_cm.update(cls_pred, label.detach().long().cpu())
-
         seg_logits = seg_logits.detach()
-        mask = mask.detach().long()
         if self.seg_mode == "binary":
             if seg_logits.ndim == 4:
                 seg_logits = seg_logits[:, 0]
             seg_pred = (seg_logits > 0).long()
+        else:
+            seg_pred = seg_logits.argmax(dim=1)
+        self.update_predictions(seg_pred, cls_logits.detach().argmax(dim=1), mask, label)
+
+    @torch.no_grad()
+    def update_predictions(self, seg_pred: Tensor, cls_pred: Tensor, mask: Tensor, label: Tensor) -> None:
+        """Add one batch of decisions already made (e.g. at tuned thresholds).
+
+        Args:
+            seg_pred: (N, H, W) predicted class indices (binary mode: 0/1).
+            cls_pred: (N,) predicted image-class indices.
+            mask: (N, H, W) target class indices (background 0), possibly ``ignore_index``.
+            label: (N,) target image-class indices.
+        """
+        self._cls_cm.update(cls_pred.detach().long().cpu(), label.detach().long().cpu())
+        mask = mask.detach().long()
+        target = mask
+        if self.seg_mode == "binary":
             target = (mask > 0).long()
             if self.ignore_index is not None:
                 target = torch.where(mask == self.ignore_index, mask, target)
-        else:
-            seg_pred = seg_logits.argmax(dim=1)
-            target = mask
-        self._seg_cm.update(seg_pred.cpu(), target.cpu())
+        self._seg_cm.update(seg_pred.detach().long().cpu(), target.cpu())
 
     def confusion_matrices(self) -> dict[str, Tensor]:
         """The accumulated confusion matrices (rows = target, columns = prediction): ``cls`` and ``seg``."""

@@ -6,7 +6,9 @@ A :class:`ModelPackage` is a folder anyone can load without our training code's 
 * ``model.json`` — what rebuilds the network (backbone, decoder, decoder width, segmentation
   mode, input size, normalisation), the label space and where the weights came from (stage,
   epoch, monitored metric, data-manifest hash);
-* ``thresholds.json`` — the operating point used at prediction time (see :class:`Thresholds`).
+* ``thresholds.json`` — the operating point used at prediction time (see :class:`Thresholds`);
+* optionally ``model.onnx`` (+ ``model.onnx.json`` naming the weights it was exported from),
+  written by the ``export`` pipeline.
 
 :class:`Predictor` turns images of any size and mode into labels, class scores and masks at the
 image's own size, applying the thresholds. It is the one prediction path: the MLflow pyfunc
@@ -15,6 +17,7 @@ model and the batch-inference pipeline both go through it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -35,6 +38,8 @@ PACKAGE_FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 THRESHOLDS_FILE = "thresholds.json"
+ONNX_FILE = "model.onnx"
+ONNX_META_FILE = "model.onnx.json"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class Thresholds:
             least this.
         min_area: defect regions (8-connected) smaller than this many pixels, measured at the
             image's own size, are removed from the mask.
+        per_class: one threshold per defect class (empty: all equal). Among the defect classes
+            the label is the one with the largest ``p(class) / threshold(class)``; with equal
+            thresholds that is the plain argmax.
         source: where the values come from (``default`` or a tuning run), recorded with every
             prediction.
     """
@@ -55,6 +63,7 @@ class Thresholds:
     image: float = 0.5
     pixel: float = 0.5
     min_area: int = 0
+    per_class: dict[str, float] = field(default_factory=dict)
     source: str = "default: 0.5 / 0.5 / 0 px (not tuned)"
 
     def __post_init__(self) -> None:
@@ -64,14 +73,20 @@ class Thresholds:
                 raise ValueError(f"thresholds.{name} must be within [0, 1], got {value}")
         if int(self.min_area) < 0:
             raise ValueError(f"thresholds.min_area must be >= 0, got {self.min_area}")
+        for name, value in self.per_class.items():
+            if not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"thresholds.per_class.{name} must be within (0, 1], got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Thresholds:
-        known = {k: data[k] for k in ("image", "pixel", "min_area", "source") if k in data}
+        known = {k: data[k] for k in ("image", "pixel", "min_area", "per_class", "source") if k in data}
         return cls(**known)
+
+    def replace(self, **changes: Any) -> Thresholds:
+        return Thresholds.from_dict({**self.to_dict(), **changes})
 
 
 @dataclass
@@ -81,6 +96,17 @@ class ModelPackage:
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any]
     thresholds: Thresholds = field(default_factory=Thresholds)
+    folder: Path | None = None  # where it was loaded from / saved to
+
+    @property
+    def weights_sha256(self) -> str:
+        """Hash of the weights (names, dtypes, shapes, values): identifies this exact model."""
+        digest = hashlib.sha256()
+        for name in sorted(self.state_dict):
+            tensor = self.state_dict[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
 
     @property
     def labels(self) -> LabelSpace:
@@ -127,11 +153,13 @@ class ModelPackage:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self.meta["weights_sha256"] = self.weights_sha256
         tmp = folder / f".{WEIGHTS_FILE}.tmp"
         save_file(self.state_dict, str(tmp), metadata={"format": str(PACKAGE_FORMAT)})
         os.replace(tmp, folder / WEIGHTS_FILE)
         _write_json(folder / MODEL_FILE, self.meta)
         _write_json(folder / THRESHOLDS_FILE, self.thresholds.to_dict())
+        self.folder = folder
         return folder
 
     @classmethod
@@ -150,7 +178,45 @@ class ModelPackage:
         thresholds_file = folder / THRESHOLDS_FILE
         thresholds = Thresholds.from_dict(json.loads(thresholds_file.read_text())) if thresholds_file.is_file() \
             else Thresholds()
-        return cls(load_file(str(folder / WEIGHTS_FILE), device="cpu"), meta, thresholds)
+        return cls(load_file(str(folder / WEIGHTS_FILE), device="cpu"), meta, thresholds, folder)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> ModelPackage:
+        """A package folder, or a training checkpoint file (``best.pt``/``last.pt``, default thresholds)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.load(path)
+        from defect_pipeline.ml.checkpoint import CheckpointError, safe_torch_load
+
+        state = safe_torch_load(path)
+        if not isinstance(state, dict) or "model" not in state or "model_meta" not in state:
+            raise CheckpointError(f"{path} is not a training checkpoint of this project (no model_meta); pass a "
+                                  "model package folder (data/06_models/<stage>/model) or a best.pt / last.pt")
+        return cls.from_checkpoint(state, source=str(path))
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """Where a package lives, without reading it (what the Kedro dataset hands to nodes).
+
+    ``hint`` tells the user how to produce the package when it is missing.
+    """
+
+    path: str
+    hint: str = ""
+
+    def exists(self) -> bool:
+        return (Path(self.path) / MODEL_FILE).is_file() and (Path(self.path) / WEIGHTS_FILE).is_file()
+
+    def meta(self) -> dict[str, Any]:
+        """``model.json`` (cheap: no weights read); ``{}`` when missing."""
+        file = Path(self.path) / MODEL_FILE
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def load(self) -> ModelPackage:
+        if not self.exists():
+            raise FileNotFoundError(f"no model package at {self.path}" + (f": {self.hint}" if self.hint else ""))
+        return ModelPackage.load(self.path)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -210,65 +276,129 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class RawOutput:
+    """The model's probabilities for one image, before any threshold."""
+
+    class_probs: np.ndarray  # (num_image_classes,)
+    seg_probs: np.ndarray  # (H, W, C) at the image's own size (C = 1 in binary mode)
+
+    @property
+    def defect_pixel_probs(self) -> np.ndarray:
+        """``(H, W)`` probability that a pixel is a defect (any class)."""
+        return self.seg_probs[:, :, 0] if self.seg_probs.shape[2] == 1 else 1.0 - self.seg_probs[:, :, 0]
+
+
+def decide(raw: RawOutput, labels: LabelSpace, thresholds: Thresholds) -> Prediction:
+    """Label, scores and mask of one image at an operating point (see :class:`Thresholds`)."""
+    names = labels.image_classes
+    scores = {name: float(p) for name, p in zip(names, raw.class_probs, strict=True)}
+    defect_probs = raw.class_probs[1:] if labels.has_good else raw.class_probs
+    if thresholds.per_class:
+        scale = np.asarray([thresholds.per_class.get(c, 1.0) for c in labels.defect_classes], dtype=np.float64)
+        best_defect = labels.defect_classes[int(np.argmax(defect_probs / scale))]
+    else:
+        best_defect = labels.defect_classes[int(np.argmax(defect_probs))]
+    if labels.has_good:
+        defect_score = 1.0 - scores[labels.good_label]
+        label = best_defect if defect_score >= thresholds.image else labels.good_label
+    else:
+        defect_score, label = 1.0, best_defect
+    probs = raw.seg_probs
+    if probs.shape[2] == 1:
+        mask = (probs[:, :, 0] >= thresholds.pixel).astype(np.uint8)
+    else:
+        is_defect = (1.0 - probs[:, :, 0]) >= thresholds.pixel
+        mask = np.where(is_defect, 1 + np.argmax(probs[:, :, 1:], axis=2), 0).astype(np.uint8)
+    mask = remove_small_regions(mask, int(thresholds.min_area))
+    return Prediction(label, scores, float(defect_score), mask, int((mask > 0).sum()))
+
+
+class _OnnxRunner:
+    """The package's ``model.onnx`` through onnxruntime (CPU), outputs like the PyTorch model's."""
+
+    def __init__(self, package: ModelPackage):
+        if package.folder is None or not (package.folder / ONNX_FILE).is_file():
+            where = package.folder or "the model package"
+            raise FileNotFoundError(f"{where} has no {ONNX_FILE}; run `kedro run --pipeline=export` first, or use "
+                                    "inference.backend: torch")
+        sidecar = package.folder / ONNX_META_FILE
+        exported_from = json.loads(sidecar.read_text()).get("weights_sha256") if sidecar.is_file() else None
+        if exported_from != package.weights_sha256:
+            raise ValueError(f"{package.folder / ONNX_FILE} was exported from other weights than this package's "
+                             "(stale export); run `kedro run --pipeline=export` again")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(package.folder / ONNX_FILE), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seg, cls = self.session.run(["seg_logits", "cls_logits"], {"image": batch.cpu().numpy()})
+        return torch.from_numpy(seg), torch.from_numpy(cls)
+
+
 class Predictor:
     """Batched prediction of a :class:`ModelPackage` on images of any size.
 
     Each image is resized to the model's input size (bilinear), normalised as in training, and
     the segmentation probabilities are resized back to the image's size before thresholding.
+    ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
+    PyTorch (same preprocessing and decisions).
     """
 
-    def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu"):
+    def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
+                 backend: str = "torch"):
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.package = package
         self.labels = package.labels
         self.thresholds = thresholds or package.thresholds
-        self.device = device
-        self.model = package.build_model().to(device)
+        self.device = device if backend == "torch" else "cpu"
+        self.backend = backend
         self.image_size = int(package.meta["image_size"])
+        self._binary = package.meta["seg_mode"] == "binary"
         self._mean = np.asarray(package.meta.get("mean", IMAGENET_MEAN), dtype=np.float32) * 255.0
         self._std = np.asarray(package.meta.get("std", IMAGENET_STD), dtype=np.float32) * 255.0
+        if backend == "torch":
+            model = package.build_model().to(self.device)
+            self._run = lambda batch: tuple(model(batch.to(self.device)))
+        else:
+            self._run = _OnnxRunner(package)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:
         return cls(ModelPackage.load(folder), **kwargs)
 
-    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(3, S, S)`` float tensor of an RGB uint8 image, as the evaluation transform of training."""
         resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
         normalised = (resized.astype(np.float32) - self._mean) / self._std
         return torch.from_numpy(normalised.transpose(2, 0, 1).copy())
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predictions for a batch of images (any size, grayscale/RGB/RGBA, uint8/uint16/float)."""
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
+        """Class and pixel probabilities of a batch, the pixel ones at each image's own size."""
         if len(images) == 0:
             return []
         rgb = [as_rgb_uint8(image) for image in images]
-        batch = torch.stack([self._tensor(image) for image in rgb]).to(self.device)
-        out = self.model(batch)
-        class_probs = torch.softmax(out.cls_logits.float(), dim=1).cpu().numpy()
-        seg = out.seg_logits.float()
-        seg_probs = (torch.sigmoid(seg) if self.package.meta["seg_mode"] == "binary"
-                     else torch.softmax(seg, dim=1)).cpu().numpy()
-        return [self._decide(class_probs[i], seg_probs[i], rgb[i].shape[:2]) for i in range(len(rgb))]
+        seg, cls = self._run(torch.stack([self.preprocess(image) for image in rgb]))
+        class_probs = torch.softmax(cls.float(), dim=1).cpu().numpy()
+        seg_probs = (torch.sigmoid(seg.float()) if self._binary else torch.softmax(seg.float(), dim=1)).cpu().numpy()
+        out = []
+        for i, image in enumerate(rgb):
+            height, width = image.shape[:2]
+            probs = cv2.resize(np.ascontiguousarray(seg_probs[i].transpose(1, 2, 0)), (width, height),
+                               interpolation=cv2.INTER_LINEAR)
+            out.append(RawOutput(class_probs[i], probs.reshape(height, width, -1)))
+        return out
 
-    def _decide(self, class_probs: np.ndarray, seg_probs: np.ndarray, shape: tuple[int, int]) -> Prediction:
-        names = self.labels.image_classes
-        scores = {name: float(p) for name, p in zip(names, class_probs, strict=True)}
-        if self.labels.has_good:
-            defect_score = 1.0 - scores[self.labels.good_label]
-            defect_probs = class_probs[1:]
-            label = (self.labels.defect_classes[int(np.argmax(defect_probs))]
-                     if defect_score >= self.thresholds.image else self.labels.good_label)
-        else:
-            defect_score = 1.0
-            label = names[int(np.argmax(class_probs))]
-        height, width = shape
-        # (C, h, w) → (H, W, C) at the image's size
-        probs = cv2.resize(np.ascontiguousarray(seg_probs.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
-        probs = probs.reshape(height, width, -1)
-        if probs.shape[2] == 1:
-            mask = (probs[:, :, 0] >= self.thresholds.pixel).astype(np.uint8)
-        else:
-            is_defect = (1.0 - probs[:, :, 0]) >= self.thresholds.pixel
-            mask = np.where(is_defect, 1 + np.argmax(probs[:, :, 1:], axis=2), 0).astype(np.uint8)
-        mask = remove_small_regions(mask, int(self.thresholds.min_area))
-        return Prediction(label, scores, float(defect_score), mask, int((mask > 0).sum()))
+    def decide(self, raw: RawOutput, thresholds: Thresholds | None = None) -> Prediction:
+        return decide(raw, self.labels, thresholds or self.thresholds)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for a batch of images (any size, grayscale/RGB/RGBA, uint8/uint16/float)."""
+        return [self.decide(raw) for raw in self.probabilities(images)]

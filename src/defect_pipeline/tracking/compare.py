@@ -1,7 +1,10 @@
 """Compare the stage runs of an MLflow experiment: one row per stage run, best per criterion.
 
 Input is :func:`mlflow.search_runs`' table (``params.*``, ``metrics.*``, ``tags.*`` columns) of
-the stage child runs; everything here is pandas and matplotlib, testable without a server.
+the experiment; rows are the stage child runs, and the ``test_*`` metrics of the newest
+``evaluate`` run of a model are joined to the stage run that trained it (tag
+``defect_pipeline.source_run_id``). Everything here is pandas and matplotlib, testable without a
+server.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from defect_pipeline.markdown import markdown_table
-from defect_pipeline.tracking.runs import STAGE_TAG
+from defect_pipeline.tracking.runs import KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
 # comparison column → (search_runs column, kind)
 PARAM_COLUMNS = {
@@ -61,6 +64,7 @@ def comparison_table(runs: pd.DataFrame, *, stages: list[str] | None = None,
     tag = f"tags.{STAGE_TAG}"
     if runs.empty or tag not in runs.columns:
         return pd.DataFrame(columns=["run_id", "stage", *PARAM_COLUMNS, "parameters_M", *METRIC_COLUMNS])
+    evaluations = _test_metrics_by_source(runs)
     runs = runs[runs[tag].notna()]
     if stages:
         runs = runs[runs[tag].isin(stages)]
@@ -84,9 +88,25 @@ def comparison_table(runs: pd.DataFrame, *, stages: list[str] | None = None,
         table[name] = pd.to_numeric(_column(runs, source), errors="coerce")
     for source in sorted(c for c in runs.columns if c.startswith("metrics.test_")):
         table[source[len("metrics."):]] = pd.to_numeric(runs[source], errors="coerce")
+    if not evaluations.empty:  # test metrics of evaluate runs, joined to the stage run that trained the model
+        joined = evaluations.reindex(table["run_id"])
+        for column in evaluations.columns:
+            values = pd.to_numeric(pd.Series(joined[column].to_numpy(), index=table.index), errors="coerce")
+            table[column] = values.combine_first(table[column]) if column in table.columns else values
     table["git_commit"] = _column(runs, "tags.git.commit")
     table["manifest_hash"] = _column(runs, "tags.defect_pipeline.manifest_hash")
     return table.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _test_metrics_by_source(runs: pd.DataFrame) -> pd.DataFrame:
+    """``test_*`` metrics of the newest finished evaluation run per training run (index: its run id)."""
+    source, kind = f"tags.{SOURCE_RUN_TAG}", f"tags.{KIND_TAG}"
+    columns = [c for c in runs.columns if c.startswith("metrics.test_")]
+    if source not in runs.columns or kind not in runs.columns or not columns:
+        return pd.DataFrame()
+    evaluations = runs[(runs[kind] == "evaluation") & runs[source].notna() & (runs["status"] == "FINISHED")]
+    evaluations = evaluations.sort_values("start_time").drop_duplicates(source, keep="last")
+    return evaluations.set_index(source)[columns].rename(columns=lambda c: c[len("metrics."):])
 
 
 def best_per_criterion(table: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,19 @@ TAG_PREFIX = "defect_pipeline."
 STAGE_TAG = TAG_PREFIX + "stage"  # set on every stage child run: compare_runs finds them by it
 KIND_TAG = TAG_PREFIX + "kind"
 # Kedro nodes carrying this tag run inside their own nested MLflow run, named after their namespace
+# (or the node name); a second tag kind_tag(kind) says what the run is (default: a training stage)
 TRACKED_STAGE_TAG = "mlflow_child_run"
+KIND_TAG_PREFIX = "mlflow_kind."
+SOURCE_RUN_TAG = TAG_PREFIX + "source_run_id"  # evaluation/thresholds runs: the run that trained the model
+
+
+def kind_tag(kind: str) -> str:
+    """The Kedro node tag that names the kind of child run (``thresholds``, ``evaluation``, ...)."""
+    return KIND_TAG_PREFIX + kind
+
+
+def kind_of(node_tags: set[str] | frozenset[str]) -> str:
+    return next((t[len(KIND_TAG_PREFIX):] for t in node_tags if t.startswith(KIND_TAG_PREFIX)), "stage")
 
 
 class TrackingUnavailableError(RuntimeError):

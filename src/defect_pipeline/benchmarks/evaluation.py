@@ -1,0 +1,114 @@
+"""Test-set metrics at fixed vs tuned thresholds, and inference throughput: PyTorch vs onnxruntime.
+
+Reads a project where ``kedro run`` (or ``thresholds`` + ``evaluate``) and ``kedro run
+--pipeline=export`` have run: the table comes from ``data/08_reporting/evaluation/summary.json``;
+the throughput is measured here, in one process, on the same preloaded test images, alternating
+the two backends ``--rounds`` times with the same thread count (median per backend), so the
+ratio is not skewed by a noisy machine drifting between two runs.
+
+``python -m defect_pipeline.benchmarks evaluation --project <project dir> --title "NEU-Seg (CPU)"``
+writes the section ``evaluation`` of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from defect_pipeline.benchmarks import describe_machine, write_section
+
+
+def throughput(predictor: Any, images: list, batch_size: int) -> float:
+    """Images per second of ``predictor.probabilities`` over ``images`` (preprocessing included)."""
+    predictor.probabilities(images[:batch_size])  # warm-up (lazy initialisation, allocator)
+    started = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        predictor.probabilities(images[start:start + batch_size])
+    return len(images) / (time.perf_counter() - started)
+
+
+def measure(package_folder: Path, images: list, *, batch_size: int, rounds: int) -> dict[str, Any]:
+    from defect_pipeline.ml.predict import ModelPackage, Predictor
+
+    package = ModelPackage.load(package_folder)
+    predictors = {"torch": Predictor(package), "onnx": Predictor(package, backend="onnx")}
+    speeds: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            speeds[name].append(throughput(predictor, images, batch_size))
+    medians = {name: statistics.median(values) for name, values in speeds.items()}
+    return {"images": len(images), "batch_size": batch_size, "rounds": rounds, "threads": torch.get_num_threads(),
+            "images_per_s": medians, "all_rounds": speeds, "ratio_onnx_over_torch": medians["onnx"] / medians["torch"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks evaluation")
+    parser.add_argument("--project", default=".", help="project folder whose data/ holds the run")
+    parser.add_argument("--title", default="test split")
+    parser.add_argument("--command", default="kedro run --env neu_seg && kedro run --env neu_seg --pipeline=export",
+                        help="the commands that produced the run")
+    parser.add_argument("--images", type=int, default=200, help="test images used for the throughput")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--doc", default="docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from defect_pipeline.data.imageio import load_image
+
+    project = Path(args.project)
+    summary = json.loads((project / "data/08_reporting/evaluation/summary.json").read_text())
+    manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
+    root = Path(json.loads((project / "data/01_raw/raw_source.json").read_text())["raw_root"])
+    root = root if root.is_absolute() else project / root
+    rows = manifest[(manifest["split"] == summary["split"]) & (manifest["status"] == "accepted")]
+    images = [load_image(root / p) for p in rows["image_path"].head(args.images)]
+    speed = measure(project / "data/06_models/tuned", images, batch_size=args.batch_size, rounds=args.rounds)
+    export = json.loads((project / "data/08_reporting/export/onnx_export.json").read_text())
+
+    fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
+    model, t = summary["model"], summary["thresholds_tuned"]
+    keys = ["miou", "miou_defects", *[k for k in fixed if k.startswith("iou/")], "iou", "dice", "accuracy",
+            "macro_f1", *[k for k in fixed if k.startswith("f1/")], "image_auroc", "image_ap", "combined_score"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    per_class = ", ".join(f"{k} {v:.2f}" for k, v in t["per_class"].items()) or "argmax"
+    body = "\n".join([
+        f"## {args.title}: test set at fixed vs tuned thresholds, and inference throughput",
+        "",
+        f"Produced by `{args.command}`, then `python -m defect_pipeline.benchmarks evaluation --project "
+        f"{args.project}` on {describe_machine()}. Model: {model['backbone']} + {model['decoder']} "
+        f"({model['stage']}, epoch {model['epoch']}, {model['image_size']} px, random initialisation). "
+        f"Tuned on val: pixel {t['pixel']:.3f}, min area {t['min_area']} px, classes: {per_class}"
+        + (f", image {t['image']:.3f}" if "good" in (summary.get('model', {}).get('classes') or []) else "") + ".",
+        "",
+        f"| test metric ({summary['samples']} images) | fixed (0.5, argmax) | tuned | tuned − fixed |",
+        "|---|---|---|---|",
+        *(f"| {k} | {pct(fixed.get(k))} % | {pct(tuned.get(k))} % | "
+          f"{'–' if fixed.get(k) is None else f'{100 * (tuned[k] - fixed[k]):+.1f}'} |" for k in keys if k in fixed),
+        "",
+        f"Inference throughput on {speed['images']} test images (batch {speed['batch_size']}, "
+        f"{speed['threads']} thread(s) for both, preprocessing included, median of {speed['rounds']} "
+        "alternating rounds in one process):",
+        "",
+        "| backend | images/s |",
+        "|---|---|",
+        f"| PyTorch eager (fp32) | {speed['images_per_s']['torch']:.1f} |",
+        f"| onnxruntime (CPU) | {speed['images_per_s']['onnx']:.1f} |",
+        f"| **ratio onnxruntime / eager** | **{speed['ratio_onnx_over_torch']:.2f}×** (goal ≥ 1.5×) |",
+        "",
+        f"ONNX parity (export): max |ONNX − PyTorch| seg logits {export['max_abs_difference']['seg_logits']:.1e}, "
+        f"class logits {export['max_abs_difference']['cls_logits']:.1e} (tolerance {export['tolerance']}).",
+    ])
+    write_section(Path(args.doc), "evaluation", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

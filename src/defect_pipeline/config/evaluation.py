@@ -1,0 +1,72 @@
+"""Parameter blocks of threshold tuning, evaluation, batch inference and ONNX export."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from defect_pipeline.config.base import StrictModel
+
+
+class ThresholdsParams(StrictModel):
+    """Block ``thresholds``: how the operating point is chosen on the validation split."""
+
+    split: str = Field("val", description="manifest split the thresholds are tuned on")
+    criterion: Literal["max_f1", "target_false_alarm_rate", "target_recall"] = "max_f1"
+    target: float | None = Field(None, ge=0.0, le=1.0,
+                                 description="the false-alarm rate or recall for the target_* criteria")
+    pixel_metric: Literal["dice", "iou"] = "dice"
+    min_area_candidates: list[int] = Field([0, 4, 8, 16, 32, 64, 128],
+                                           description="minimum region sizes (pixels) to try; [] = keep every region")
+    per_class: bool = Field(True, description="tune one threshold per defect class (kept only if it helps on val)")
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _target_when_needed(self) -> ThresholdsParams:
+        if self.criterion != "max_f1" and self.target is None:
+            raise ValueError(f"criterion {self.criterion} needs 'target' (e.g. 0.05)")
+        if any(a < 0 for a in self.min_area_candidates):
+            raise ValueError("min_area_candidates must be >= 0")
+        return self
+
+
+class EvaluationParams(StrictModel):
+    """Block ``evaluation``: the test-split evaluation."""
+
+    split: str = "test"
+    worst_k: int = Field(8, ge=0, le=64, description="images in the worst-predictions gallery")
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ThresholdOverrides(StrictModel):
+    """Explicit thresholds that win over the model's tuned ones (and are recorded as such)."""
+
+    image: float | None = Field(None, ge=0.0, le=1.0)
+    pixel: float | None = Field(None, ge=0.0, le=1.0)
+    min_area: int | None = Field(None, ge=0)
+
+
+class InferenceParams(StrictModel):
+    """Block ``inference``: batch prediction over a folder of images."""
+
+    input_dir: str | None = Field(None, description="folder of images (searched recursively); "
+                                                    "null in `kedro run`: the manifest's test split")
+    checkpoint: str | None = Field(None, description="a model package folder or a best.pt/last.pt; "
+                                                     "null: the tuned model (data/06_models/tuned)")
+    thresholds: ThresholdOverrides = ThresholdOverrides()
+    backend: Literal["torch", "onnx"] = "torch"
+    batch_size: int = Field(16, ge=1)
+    write_masks: bool = True
+    write_overlays: bool = True
+    follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
+    extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"]
+
+
+class ExportParams(StrictModel):
+    """Block ``export``: ONNX export of the tuned model."""
+
+    opset: int = Field(18, ge=13)
+    parity_tolerance: float = Field(1e-3, gt=0.0, description="largest allowed |ONNX - PyTorch| of the logits")

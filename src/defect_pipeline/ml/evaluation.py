@@ -1,0 +1,388 @@
+"""Threshold tuning on validation data and evaluation on test data, streaming over a manifest split.
+
+Both read the untransformed images and masks of a split (:class:`RawSamples`), run a
+:class:`~defect_pipeline.ml.predict.Predictor` in batches, and keep only what does not grow
+with the data: confusion matrices, pixel histograms, one score row per image, and the k worst
+predictions. Every metric is computed at each image's own size, which is what inference writes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
+    multiclass_auroc,
+    multiclass_average_precision,
+)
+from tqdm.auto import tqdm
+
+from defect_pipeline.ml.dataset import ManifestDataset
+from defect_pipeline.ml.labels import LabelSpace
+from defect_pipeline.ml.metrics import MultitaskMetrics
+from defect_pipeline.ml.predict import Predictor, RawOutput, Thresholds, decide
+from defect_pipeline.ml.thresholds import (
+    PixelHistogram,
+    RegionStats,
+    ThresholdChoice,
+    select_min_area,
+    select_pixel_threshold,
+    select_threshold,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RawSamples(Dataset):
+    """``(image, mask, target, index)`` of a :class:`ManifestDataset` without any transform."""
+
+    def __init__(self, dataset: ManifestDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        image, mask = self.dataset.read_sample(index)
+        return image, mask, int(self.dataset.targets[index]), index
+
+
+def iterate(dataset: ManifestDataset, predictor: Predictor, *, batch_size: int, num_workers: int = 0,
+            desc: str = "predict") -> Iterator[tuple[np.ndarray, np.ndarray, int, int, RawOutput]]:
+    """Each sample with the model's raw output, in manifest order."""
+    loader = DataLoader(RawSamples(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=list)
+    with tqdm(total=len(dataset), desc=desc, mininterval=1.0, leave=False) as bar:
+        for batch in loader:
+            outputs = predictor.probabilities([item[0] for item in batch])
+            for (image, mask, target, index), raw in zip(batch, outputs, strict=True):
+                yield image, mask, target, index, raw
+            bar.update(len(batch))
+
+
+# ----------------------------------------------------------------------------------- thresholds
+
+
+@dataclass
+class TuningResult:
+    thresholds: Thresholds
+    report: dict[str, Any]
+
+
+def _class_thresholds(class_probs: np.ndarray, targets: np.ndarray, labels: LabelSpace
+                      ) -> tuple[dict[str, float], dict[str, Any]]:
+    """One-vs-rest max-F1 thresholds per defect class, kept only when they raise validation macro F1."""
+    offset = 1 if labels.has_good else 0
+    defect_rows = targets >= offset  # the class decision only matters on defect images
+    choices = {}
+    for i, name in enumerate(labels.defect_classes):
+        choice = select_threshold(class_probs[defect_rows, offset + i], targets[defect_rows] == offset + i,
+                                  name=f"class {name}")
+        choices[name] = choice
+    per_class = {name: max(c.threshold, 1e-3) for name, c in choices.items() if not c.fallback}
+    if len(per_class) < len(labels.defect_classes):
+        return {}, {"used": False, "reason": "a class has no validation positives or negatives",
+                    "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()}}
+
+    def macro_f1(scale: np.ndarray) -> float:
+        probs = class_probs[defect_rows, offset:]
+        predicted = offset + np.argmax(probs / scale, axis=1)
+        truth = targets[defect_rows]
+        scores = []
+        for k in range(offset, offset + len(labels.defect_classes)):
+            tp = np.sum((predicted == k) & (truth == k))
+            den = np.sum(predicted == k) + np.sum(truth == k)
+            if den:
+                scores.append(2 * tp / den)
+        return float(np.mean(scores)) if scores else 0.0
+
+    plain = macro_f1(np.ones(len(labels.defect_classes)))
+    scaled = macro_f1(np.asarray([per_class[c] for c in labels.defect_classes]))
+    used = scaled > plain
+    return (per_class if used else {}), {
+        "used": bool(used), "val_macro_f1_among_defects": {"argmax": plain, "per_class_thresholds": scaled},
+        "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()},
+    }
+
+
+def tune_thresholds(dataset: ManifestDataset, predictor: Predictor, *, criterion: str = "max_f1",
+                    target: float | None = None, pixel_metric: str = "dice", min_area_candidates: list[int] | None = None,
+                    per_class: bool = True, batch_size: int = 16, num_workers: int = 0) -> TuningResult:
+    """Choose image, per-class, pixel and min-area thresholds on ``dataset`` (two passes when min-area is tuned)."""
+    labels = predictor.labels
+    histogram = PixelHistogram()
+    defect_scores, class_rows, targets = [], [], []
+    for _, mask, target_index, _, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,
+                                                 desc="thresholds: pass 1"):
+        histogram.update(raw.defect_pixel_probs, mask > 0)
+        class_rows.append(raw.class_probs)
+        defect_scores.append(1.0 - float(raw.class_probs[0]) if labels.has_good else 1.0)
+        targets.append(target_index)
+    if not targets:
+        raise ValueError("the split used for threshold tuning has no accepted sample")
+    class_probs, targets_arr = np.stack(class_rows), np.asarray(targets)
+    if labels.has_good:
+        image = select_threshold(np.asarray(defect_scores), targets_arr > 0, criterion=criterion, target=target)
+    else:
+        image = ThresholdChoice(0.5, criterion, target, fallback=True,
+                                warning="no defect-free class: every image is a defect, the image threshold "
+                                        "does not apply")
+    pixel = select_pixel_threshold(histogram, metric=pixel_metric)
+    classes, class_report = _class_thresholds(class_probs, targets_arr, labels) if per_class else \
+        ({}, {"used": False, "reason": "thresholds.per_class is false"})
+
+    area_report: dict[str, Any] = {"min_area": 0, "candidates": [], "reason": "no candidates"}
+    candidates = sorted(set(min_area_candidates or []) - {0})
+    if candidates and not pixel.fallback:
+        stats = RegionStats()
+        no_area = Thresholds(image=image.threshold, pixel=pixel.threshold, min_area=0)
+        for _, mask, _, _, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,
+                                          desc="thresholds: pass 2 (min area)"):
+            stats.update(decide(raw, labels, no_area).mask > 0, mask > 0)
+        area_report = select_min_area(stats, [0, *candidates], metric=pixel_metric)
+    thresholds = Thresholds(image=image.threshold, pixel=pixel.threshold, min_area=int(area_report["min_area"]),
+                            per_class=classes, source=f"tuned on {len(targets)} '{dataset.split}' images "
+                                                          f"(image: {criterion}, pixel: max {pixel_metric})")
+    warnings_ = [w for w in (image.warning, pixel.warning) if w and not (w.startswith("no defect-free"))]
+    report = {
+        "thresholds": thresholds.to_dict(), "split": dataset.split, "samples": len(targets),
+        "image": image.to_dict(), "pixel": pixel.to_dict(), "per_class": class_report, "min_area": area_report,
+        "warnings": warnings_,
+    }
+    return TuningResult(thresholds, report)
+
+
+def plot_threshold_curves(report: dict[str, Any]) -> Figure:
+    """Image-level PR and ROC curves with the chosen point, and pixel metric against threshold."""
+    figure = Figure(figsize=(15, 4.2))
+    pr_ax, roc_ax, pix_ax = figure.subplots(1, 3)
+    image = report["image"]
+    curve = image.get("curve") or {}
+    if curve:
+        pr_ax.plot(curve["recall"], curve["precision"])
+        roc_ax.plot(curve["false_alarm_rate"], curve["true_positive_rate"])
+        if image.get("recall") is not None:
+            pr_ax.scatter([image["recall"]], [image["precision"]], color="red", zorder=3,
+                          label=f"t = {image['threshold']:.3f}")
+            roc_ax.scatter([image["false_alarm_rate"]], [image["recall"]], color="red", zorder=3,
+                           label=f"t = {image['threshold']:.3f}")
+            pr_ax.legend()
+            roc_ax.legend()
+    else:
+        for ax in (pr_ax, roc_ax):
+            ax.text(0.5, 0.5, image.get("warning") or "no curve", ha="center", va="center", wrap=True, fontsize=8)
+    pr_ax.set(title="image: precision-recall (defect vs good)", xlabel="recall", ylabel="precision",
+              xlim=(0, 1.02), ylim=(0, 1.02))
+    roc_ax.set(title="image: ROC", xlabel="false-alarm rate", ylabel="recall", xlim=(0, 1.02), ylim=(0, 1.02))
+    pixel = report["pixel"]
+    metric = pixel["criterion"].removeprefix("max_")
+    if pixel.get("curve"):
+        pix_ax.plot(pixel["curve"]["threshold"], pixel["curve"][metric])
+        pix_ax.axvline(pixel["threshold"], color="red", linestyle="--", label=f"t = {pixel['threshold']:.3f}")
+        pix_ax.legend()
+    pix_ax.set(title=f"pixel: {metric} vs threshold", xlabel="threshold", ylabel=metric, xlim=(0, 1))
+    figure.tight_layout()
+    return figure
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Worst:
+    badness: float
+    index: int
+    prediction: Any = field(compare=False)
+
+
+@dataclass
+class EvaluationResult:
+    summary: dict[str, Any]
+    confusion: dict[str, np.ndarray]
+    curves: dict[str, Any]
+    worst: list[dict[str, Any]]
+
+
+def _image_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+    p, t = predicted > 0, truth > 0
+    den = int(p.sum() + t.sum())
+    return 1.0 if den == 0 else 2.0 * int((p & t).sum()) / den
+
+
+def _threshold_free(class_probs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> tuple[dict, dict]:
+    """Image-level AUROC / AP (defect vs good, or macro one-vs-rest without a good class) and curves."""
+    probs = torch.from_numpy(class_probs).float()
+    tgt = torch.from_numpy(targets).long()
+    if labels.has_good:
+        score, positive = 1.0 - probs[:, 0], (tgt > 0).long()
+        kind = "defect vs good (score 1 - p(good))"
+        if positive.min() == positive.max():
+            return {"image_auroc": None, "image_ap": None, "image_auroc_kind": kind,
+                    "note": "the split has only one of defect/good images: AUROC and AP are undefined"}, {}
+        precision, recall, _ = binary_precision_recall_curve(score, positive)
+        fpr, tpr, _ = binary_roc(score, positive)
+        curves = {"defect": {"precision": precision.tolist(), "recall": recall.tolist(),
+                             "fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+        return {"image_auroc": float(binary_auroc(score, positive)),
+                "image_ap": float(binary_average_precision(score, positive)), "image_auroc_kind": kind}, curves
+    classes = len(labels.image_classes)
+    curves = {}
+    for i, name in enumerate(labels.image_classes):
+        positive = (tgt == i).long()
+        if positive.min() != positive.max():
+            precision, recall, _ = binary_precision_recall_curve(probs[:, i], positive)
+            fpr, tpr, _ = binary_roc(probs[:, i], positive)
+            curves[name] = {"precision": precision.tolist(), "recall": recall.tolist(), "fpr": fpr.tolist(),
+                            "tpr": tpr.tolist()}
+    return {"image_auroc": float(multiclass_auroc(probs, tgt, num_classes=classes, average="macro")),
+            "image_ap": float(multiclass_average_precision(probs, tgt, num_classes=classes, average="macro")),
+            "image_auroc_kind": "macro one-vs-rest over the classes (no defect-free class)"}, curves
+
+
+def evaluate_split(dataset: ManifestDataset, predictor: Predictor, *, tuned: Thresholds,
+                   fixed: Thresholds | None = None, worst_k: int = 8, batch_size: int = 16,
+                   num_workers: int = 0) -> EvaluationResult:
+    """Metrics at fixed (0.5) and tuned thresholds in one pass, threshold-free AUROC/AP, the k worst images."""
+    labels = predictor.labels
+    fixed = fixed or Thresholds()
+    seg_mode = predictor.package.meta["seg_mode"]
+    metrics = {"fixed": MultitaskMetrics(labels, seg_mode), "thresholded": MultitaskMetrics(labels, seg_mode)}
+    class_rows, targets, worst_heap = [], [], []
+    for _, mask, target, index, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,
+                                               desc="evaluate"):
+        truth = torch.from_numpy(mask.astype(np.int64))
+        target_tensor = torch.tensor([target])
+        predictions = {name: decide(raw, labels, thresholds)
+                       for name, thresholds in (("fixed", fixed), ("thresholded", tuned))}
+        for name, prediction in predictions.items():
+            metrics[name].update_predictions(torch.from_numpy(prediction.mask.astype(np.int64))[None], torch.tensor(
+                [labels.image_index(prediction.label)]), truth[None], target_tensor)
+        # the tuned prediction of this image decides how bad it is
+        prediction = predictions["thresholded"]
+        badness = (1.0 - _image_dice(prediction.mask, mask)) + float(labels.image_index(prediction.label) != target)
+        item = _Worst(badness, index, prediction)
+        if worst_k > 0:
+            if len(worst_heap) < worst_k:
+                heapq.heappush(worst_heap, (badness, -index, item))
+            elif badness > worst_heap[0][0]:
+                heapq.heapreplace(worst_heap, (badness, -index, item))
+        class_rows.append(raw.class_probs)
+        targets.append(target)
+    if not targets:
+        raise ValueError("the evaluation split has no accepted sample")
+    threshold_free, curves = _threshold_free(np.stack(class_rows), np.asarray(targets), labels)
+    results = {name: {**m.compute(), **{k: v for k, v in threshold_free.items() if k.startswith("image_")}}
+               for name, m in metrics.items()}
+    difference = {k: results["thresholded"][k] - results["fixed"][k] for k in results["fixed"]
+                  if isinstance(results["fixed"][k], float) and isinstance(results["thresholded"][k], float)}
+    worst = []
+    for badness, _, item in sorted(worst_heap, key=lambda entry: (-entry[0], -entry[1])):
+        worst.append({"index": item.index, "sample_id": dataset.sample_ids[item.index],
+                      "image_path": dataset.image_paths[item.index],
+                      "label": labels.image_classes[dataset.targets[item.index]],
+                      "predicted": item.prediction.label, "badness": round(badness, 4),
+                      "mask": item.prediction.mask})
+    summary = {
+        "split": dataset.split, "samples": len(targets),
+        "thresholds_fixed": fixed.to_dict(), "thresholds_tuned": tuned.to_dict(),
+        "final_metrics_fixed": results["fixed"], "final_metrics_thresholded": results["thresholded"],
+        "difference_thresholded_minus_fixed": difference,
+        "notes": [threshold_free["note"]] if "note" in threshold_free else [],
+        "worst": [{k: v for k, v in w.items() if k != "mask"} for w in worst],
+    }
+    confusion = {name: m.confusion_matrices()["cls"].numpy() for name, m in metrics.items()}
+    return EvaluationResult(summary, confusion, curves, worst)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_evaluation_markdown(summary: dict[str, Any], *, model: dict[str, Any]) -> str:
+    from defect_pipeline.markdown import markdown_table
+
+    fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
+    keys = [k for k in fixed if not k.startswith(("f1/", "iou/")) and k != "image_auroc_kind"]
+    keys += [k for k in fixed if k.startswith(("f1/", "iou/"))]
+    t = summary["thresholds_tuned"]
+    lines = [f"# Evaluation on the `{summary['split']}` split ({summary['samples']} images)", "",
+             f"Model: `{model.get('backbone')}` from {model.get('stage') or model.get('source_checkpoint')} "
+             f"(weights sha256 `{str(model.get('weights_sha256', ''))[:12]}`, MLflow run "
+             f"`{model.get('mlflow_run_id') or '–'}`).", "",
+             f"Tuned thresholds: image {t['image']:.3f}, pixel {t['pixel']:.3f}, min area {t['min_area']} px"
+             + (f", per class {', '.join(f'{k} {v:.3f}' for k, v in t['per_class'].items())}" if t["per_class"] else "")
+             + f" ({t['source']}). Fixed: 0.5 / 0.5 / 0 px.", ""]
+    lines += [f"> {note}" for note in summary.get("notes", [])]
+    lines += ["", markdown_table(["metric", "fixed (0.5)", "tuned", "tuned − fixed"],
+                                 [[k, _fmt(fixed[k]), _fmt(tuned[k]),
+                                   _fmt(summary["difference_thresholded_minus_fixed"].get(k))] for k in keys]), ""]
+    lines += [f"AUROC/AP: {fixed.get('image_auroc_kind', '')}; they do not depend on thresholds.", "",
+              "## Worst predictions (tuned thresholds)", ""]
+    lines.append(markdown_table(["sample", "label", "predicted", "badness (1 − Dice + wrong label)"],
+                                [[w["sample_id"], w["label"], w["predicted"], w["badness"]]
+                                 for w in summary["worst"]]) if summary["worst"] else "None.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(confusion: dict[str, np.ndarray], classes: tuple[str, ...]) -> Figure:
+    figure = Figure(figsize=(5.5 * len(confusion), 4.8))
+    for ax, (name, matrix) in zip(figure.subplots(1, len(confusion)), confusion.items(), strict=True):
+        ax.imshow(matrix, cmap="Blues")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+               xlabel="predicted", ylabel="true", title=f"image classes ({name})")
+        for (row, col), value in np.ndenumerate(matrix):
+            ax.text(col, row, int(value), ha="center", va="center",
+                    color="white" if value > matrix.max() / 2 else "black")
+    figure.tight_layout()
+    return figure
+
+
+def plot_curves(curves: dict[str, Any]) -> Figure:
+    figure = Figure(figsize=(11, 4.5))
+    pr_ax, roc_ax = figure.subplots(1, 2)
+    for name, curve in curves.items():
+        pr_ax.plot(curve["recall"], curve["precision"], label=name)
+        roc_ax.plot(curve["fpr"], curve["tpr"], label=name)
+    pr_ax.set(title="precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    roc_ax.set(title="ROC", xlabel="false-alarm rate", ylabel="recall", xlim=(0, 1.02), ylim=(0, 1.02))
+    if curves:
+        pr_ax.legend()
+        roc_ax.legend()
+    else:
+        pr_ax.text(0.5, 0.5, "undefined: one class only", ha="center")
+    figure.tight_layout()
+    return figure
+
+
+def plot_gallery(dataset: ManifestDataset, worst: list[dict[str, Any]]) -> Figure:
+    """Rows of image | ground truth | prediction, masks overlaid."""
+    from defect_pipeline.ml.augment import overlay_mask
+
+    rows = max(len(worst), 1)
+    figure = Figure(figsize=(9, 3 * rows))
+    axes = figure.subplots(rows, 3, squeeze=False)
+    for row, item in zip(axes, worst):
+        image, truth = dataset.read_sample(item["index"])
+        for ax, (title, mask) in zip(row, (("image", None), (f"truth: {item['label']}", truth),
+                                           (f"predicted: {item['predicted']}", item["mask"]))):
+            ax.imshow(image if mask is None else overlay_mask(image, mask))
+            ax.set_title(f"{item['sample_id']}" if mask is None else title, fontsize=8)
+            ax.set_axis_off()
+    if not worst:
+        axes[0][0].text(0.5, 0.5, "no images", ha="center")
+    figure.tight_layout()
+    return figure

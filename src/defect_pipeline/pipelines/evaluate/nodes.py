@@ -1,0 +1,52 @@
+"""Node of the ``evaluate`` pipeline (the work is in :mod:`defect_pipeline.ml.evaluation`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from defect_pipeline.config import EvaluationParams
+from defect_pipeline.ml.evaluation import (
+    evaluate_split,
+    plot_confusion,
+    plot_curves,
+    plot_gallery,
+    render_evaluation_markdown,
+)
+from defect_pipeline.ml.predict import ModelStore, Predictor
+from defect_pipeline.pipelines.model_use import apply_runtime, model_description, split_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def metric_items(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """MLflow metrics: ``test_<metric>`` at the tuned thresholds, ``test_fixed_<metric>`` at 0.5."""
+    out = {}
+    for prefix, key in (("test_", "final_metrics_thresholded"), ("test_fixed_", "final_metrics_fixed")):
+        for name, value in summary[key].items():
+            if isinstance(value, float):
+                out[f"{prefix}{name}"] = {"value": value, "step": 0}
+    return out
+
+
+def evaluate(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
+             params: dict[str, Any], data: dict[str, Any], runtime: dict[str, Any]
+             ) -> tuple[dict[str, Any], str, dict[str, Any], Figure, Figure, Figure]:
+    """``summary.json``, the Markdown report, MLflow metrics, confusion matrix, PR/ROC curves, worst-k gallery."""
+    cfg = EvaluationParams.model_validate(params)
+    apply_runtime(runtime)
+    package = model.load()
+    dataset = split_dataset(package, manifest, raw_source, scan_summary, data, cfg.split)
+    result = evaluate_split(dataset, Predictor(package), tuned=package.thresholds, worst_k=cfg.worst_k,
+                            batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    description = model_description(package)
+    summary = {"model": description, **result.summary}
+    fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
+    logger.info("test (%d images): combined score %.4f fixed → %.4f tuned; mIoU %.4f → %.4f", summary["samples"],
+                fixed["combined_score"], tuned["combined_score"], fixed["miou"], tuned["miou"])
+    return (summary, render_evaluation_markdown(summary, model=description), metric_items(summary),
+            plot_confusion(result.confusion, package.labels.image_classes), plot_curves(result.curves),
+            plot_gallery(dataset, result.worst))

@@ -1,0 +1,75 @@
+"""Nodes of the ``inference`` pipeline (the work is in :mod:`defect_pipeline.ml.inference`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from defect_pipeline.config import InferenceParams
+from defect_pipeline.ml import inference
+from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor
+from defect_pipeline.pipelines.model_use import apply_runtime, model_description
+
+logger = logging.getLogger(__name__)
+
+
+def list_input_images(params: dict[str, Any]) -> dict[str, Any]:
+    """The image files of ``inference.input_dir`` (and the files ignored there)."""
+    cfg = InferenceParams.model_validate(params)
+    if cfg.input_dir is None:
+        raise ValueError("inference.input_dir is not set: run `kedro run --pipeline=inference --params "
+                         "inference.input_dir=/path/to/images` (the default `kedro run` predicts the test split)")
+    files, ignored = inference.list_images(cfg.input_dir, extensions=cfg.extensions,
+                                           follow_symlinks=cfg.follow_symlinks)
+    logger.info("inference: %d image file(s) in %s (%d other file(s) ignored)", len(files), cfg.input_dir,
+                len(ignored))
+    return {"files": files, "ignored": ignored, "input": str(cfg.input_dir)}
+
+
+def test_split_images(manifest: pd.DataFrame, raw_source: dict[str, Any], evaluation: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """The accepted images of the evaluation split, as inference input (the default ``kedro run``)."""
+    split = evaluation.get("split", "test")
+    rows = manifest[(manifest["split"] == split) & (manifest["status"] == "accepted")]
+    root = Path(raw_source["raw_root"])
+    files = pd.DataFrame({"path": [str(root / p) for p in rows["image_path"]],
+                          "relative_path": [str(p) for p in rows["image_path"]],
+                          "status": "pending", "error": ""})
+    return {"files": files, "ignored": [], "input": f"manifest split '{split}' under {root}"}
+
+
+def _thresholds(package: ModelPackage, cfg: InferenceParams) -> tuple[Any, str]:
+    overrides = {k: v for k, v in cfg.thresholds.model_dump().items() if v is not None}
+    if not overrides:
+        return package.thresholds, package.thresholds.source
+    source = f"{package.thresholds.source}; overridden by inference.thresholds {overrides}"
+    return package.thresholds.replace(**overrides, source=source), source
+
+
+def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], runtime: dict[str, Any]
+            ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
+    cfg = InferenceParams.model_validate(params)
+    apply_runtime(runtime)
+    package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
+    thresholds, source = _thresholds(package, cfg)
+    if source.startswith("default"):
+        logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
+                       "inference.thresholds", source)
+    predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend)
+    result = inference.predict_files(inputs["files"], predictor, batch_size=cfg.batch_size)
+    frame = result.predictions
+    frame["thresholds"] = source
+    by_name = dict(zip(frame["mask_file"].fillna(""), frame["path"], strict=True)) if "mask_file" in frame else {}
+    masks = {name: inference.lazy_mask(png) for name, png in result.masks.items()} if cfg.write_masks else {}
+    overlays = ({name: inference.lazy_overlay(by_name[f"{name}.png"], png) for name, png in result.masks.items()}
+                if cfg.write_overlays else {})
+    summary = inference.summary(result, thresholds=thresholds.to_dict(), thresholds_source=source,
+                                model=model_description(package), backend=cfg.backend,
+                                input_description=inputs["input"], ignored=inputs["ignored"])
+    logger.info("inference: %s in %.1f s (%.1f images/s, %s)", summary["status"], result.seconds,
+                result.images_per_s, cfg.backend)
+    return frame, masks, overlays, summary

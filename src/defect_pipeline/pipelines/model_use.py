@@ -1,0 +1,48 @@
+"""Helpers shared by the nodes that use a trained model: thresholds, evaluate, inference, export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+
+from defect_pipeline.config import DataParams, RuntimeParams
+from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
+from defect_pipeline.ml.predict import ModelPackage
+
+
+def apply_runtime(runtime: dict[str, Any]) -> None:
+    """Machine-level settings (torch threads) before any model runs."""
+    cfg = RuntimeParams.model_validate(runtime)
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+
+
+def split_dataset(package: ModelPackage, manifest: pd.DataFrame, raw_source: dict[str, Any],
+                  scan_summary: dict[str, Any], data: dict[str, Any], split: str) -> ManifestDataset:
+    """The untransformed samples of ``split``, labelled in the model's label space.
+
+    The model must know the data's classes: a package trained on other classes is refused with both
+    lists named, instead of silently mapping labels to the wrong outputs.
+    """
+    data_cfg = DataParams.model_validate(data)
+    data_labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]),
+                                       good_label=data_cfg.good_label)
+    if data_labels != package.labels:
+        raise ValueError(f"the model was trained on classes {list(package.labels.image_classes)} but the data has "
+                         f"{list(data_labels.image_classes)}; evaluate it on data with the same classes")
+    dataset = ManifestDataset(manifest, root=raw_source["raw_root"], split=split, labels=package.labels,
+                              transform=None, seg_mode=package.meta["seg_mode"],
+                              binarize_threshold=data_cfg.masks.binarize_threshold)
+    if len(dataset) == 0:
+        raise ValueError(f"the manifest has no accepted '{split}' sample (check data.split, or the split parameter)")
+    return dataset
+
+
+def model_description(package: ModelPackage) -> dict[str, Any]:
+    """The identity of a model for reports: architecture, origin, weights hash, MLflow runs."""
+    keys = ("backbone", "decoder", "image_size", "seg_mode", "stage", "epoch", "monitor", "best_metric",
+            "manifest_hash", "source_checkpoint", "mlflow_run_id", "training_run_id")
+    return {**{k: package.meta.get(k) for k in keys}, "weights_sha256": package.weights_sha256,
+            "classes": list(package.labels.image_classes)}

@@ -1,0 +1,92 @@
+"""Tuning and evaluation on a controlled model: the tuned operating point must change the metrics the
+way the scores dictate, and summary.json must hold both operating points."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from defect_pipeline.ml.evaluation import evaluate_split, render_evaluation_markdown, tune_thresholds
+from defect_pipeline.ml.labels import LabelSpace
+from defect_pipeline.ml.predict import RawOutput, Thresholds
+
+LABELS = LabelSpace(("scratch", "spot"), has_good=True)
+SIZE = 16
+
+
+class Samples:
+    """A split of 8 images: 4 good, 2 scratch, 2 spot; defects are a square in the top-left corner."""
+
+    split = "val"
+
+    def __init__(self) -> None:
+        self.targets = [0, 0, 0, 0, 1, 1, 2, 2]
+        self.sample_ids = [f"s{i}" for i in range(8)]
+        self.image_paths = [f"img{i}.png" for i in range(8)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        if self.targets[index]:
+            mask[:6, :6] = self.targets[index]
+        image = np.full((SIZE, SIZE, 3), index, np.uint8)  # the index travels in the pixels
+        return image, mask
+
+
+class UnderConfidentModel:
+    """Right about which defect, but never sure: p(defect) = 0.4 on defect images, 0.1 on good ones;
+    defect pixels get probability 0.35 (below the default 0.5), and one stray pixel 0.45."""
+
+    labels = LABELS
+    package = SimpleNamespace(meta={"seg_mode": "multiclass"})
+
+    def probabilities(self, images: list[np.ndarray]) -> list[RawOutput]:
+        out = []
+        for image in images:
+            target = Samples().targets[int(image[0, 0, 0])]
+            class_probs = np.array([0.9, 0.05, 0.05]) if target == 0 else \
+                np.array([0.6, 0.3, 0.1]) if target == 1 else np.array([0.6, 0.1, 0.3])
+            seg = np.zeros((SIZE, SIZE, 3))
+            seg[:, :, 0] = 1.0
+            if target:
+                seg[:6, :6, 0], seg[:6, :6, target] = 0.65, 0.35
+            seg[15, 15, 0], seg[15, 15, 1] = 0.55, 0.45  # a false speck on every image
+            out.append(RawOutput(class_probs, seg))
+        return out
+
+
+def test_tuning_finds_the_operating_point_the_scores_need() -> None:
+    result = tune_thresholds(Samples(), UnderConfidentModel(), min_area_candidates=[2, 4], batch_size=3)
+    t = result.thresholds
+    assert 0.1 < t.image <= 0.4          # separates 0.1 (good) from 0.4 (defect)
+    assert 0.0 < t.pixel <= 0.35         # catches the 0.35 defect pixels (the 0.45 speck comes along)
+    assert t.min_area == 2               # ... and the minimum area removes the 1-pixel speck
+    assert result.report["image"]["f1"] == pytest.approx(1.0)
+    assert result.report["min_area"]["candidates"][0]["min_area"] == 0
+    assert "tuned on 8 'val' images" in t.source
+
+
+def test_summary_has_both_operating_points_and_their_difference() -> None:
+    tuned = Thresholds(image=0.3, pixel=0.3, min_area=2, source="tuned in the test")
+    result = evaluate_split(Samples(), UnderConfidentModel(), tuned=tuned, worst_k=3, batch_size=4)
+    summary = result.summary
+    fixed, thresholded = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
+    expected = {"accuracy", "macro_f1", "f1/good", "f1/scratch", "f1/spot", "image_auroc", "image_ap", "iou", "dice",
+                "iou/background", "iou/scratch", "iou/spot", "miou", "miou_defects", "combined_score"}
+    assert expected <= set(fixed) and expected <= set(thresholded)
+    # at 0.5 every defect image is called good and no defect pixel is found ...
+    assert fixed["accuracy"] == pytest.approx(0.5) and fixed["dice"] == pytest.approx(0.0)
+    # ... at the tuned point all images are right and the masks are exact
+    assert thresholded["accuracy"] == pytest.approx(1.0) and thresholded["dice"] == pytest.approx(1.0)
+    assert summary["difference_thresholded_minus_fixed"]["accuracy"] == pytest.approx(0.5)
+    assert fixed["image_auroc"] == thresholded["image_auroc"] == pytest.approx(1.0)  # threshold-free
+    assert summary["thresholds_tuned"]["source"] == "tuned in the test"
+    assert summary["thresholds_fixed"]["image"] == 0.5
+    assert [w["badness"] for w in summary["worst"]] == sorted((w["badness"] for w in summary["worst"]), reverse=True)
+    assert len(result.worst) == 3 and result.worst[0]["mask"].shape == (SIZE, SIZE)
+    markdown = render_evaluation_markdown(summary, model={"backbone": "x", "stage": "stage3"})
+    assert "| accuracy | 0.5000 | 1.0000 | 0.5000 |" in markdown
