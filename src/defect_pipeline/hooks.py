@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from defect_pipeline.config import ModelParams, StageParams, validate_parameters
+from defect_pipeline.config import CompareBackbonesParams, ModelParams, StageParams, validate_parameters
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.predict import ModelStore
 from defect_pipeline.tracking.runs import (
@@ -110,7 +110,16 @@ class MlflowStageRunHook:
         kind = kind_of(node.tags)
         tags = {**self._tags, KIND_TAG: kind}
         model = inputs.get("params:model") or {}
-        if kind == "stage":
+        stage_block = inputs.get(f"params:{name}") or {}
+        if kind == "comparison":  # a slot of compare_backbones: named after its backbone, unused slots untracked
+            compare = CompareBackbonesParams.model_validate(inputs["params:compare_backbones"])
+            slot = int(name.rsplit("slot", 1)[1])
+            if slot > len(compare.backbones):
+                return
+            model = {**model, "backbone": compare.backbones[slot - 1]}
+            stage_block = compare.stage.model_dump(mode="json")
+            name = f"compare:{compare.backbones[slot - 1]}"
+        if kind in ("stage", "comparison"):
             tags[STAGE_TAG] = name
             tags["backbone"] = str(ModelParams.model_validate(model).backbone)
         for value in inputs.values():  # a node using a trained model: which run trained it
@@ -124,10 +133,10 @@ class MlflowStageRunHook:
         elif self._manifest_hash:  # the data this run's pipeline read or wrote
             tags[f"{TAG_PREFIX}manifest_hash"] = self._manifest_hash
         run = mlflow.start_run(run_name=name, nested=True, tags=tags)
-        if kind == "stage":  # the validated blocks, so defaults the YAML leaves out are logged too
+        if kind in ("stage", "comparison"):  # the validated blocks, so defaults the YAML leaves out are logged too
             log_params(stage_params(
                 ModelParams.model_validate(model).model_dump(mode="json"),
-                StageParams.model_validate(inputs.get(f"params:{name}") or {}).model_dump(mode="json"),
+                StageParams.model_validate(stage_block).model_dump(mode="json"),
                 runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation")))
         else:
             log_params({key: value for block, params in inputs.items() if block.startswith("params:")
@@ -152,7 +161,13 @@ class MlflowStageRunHook:
         self._tag_manifest(dataset_name, data)
         if self._child is not None and self._child[0] == node.name:
             self._child[2].discard(dataset_name)
-            if not self._child[2]:
+            status = data.get("status") if isinstance(data, dict) else None
+            if status not in (None, "ok"):  # a comparison candidate that failed or was skipped
+                mlflow.set_tag(f"{TAG_PREFIX}comparison_status", status)
+                if data.get("error"):
+                    mlflow.set_tag(f"{TAG_PREFIX}error", str(data["error"])[:5000])
+                self._end_child(node, "FAILED")
+            elif not self._child[2]:
                 self._end_child(node, "FINISHED")
 
     @hook_impl

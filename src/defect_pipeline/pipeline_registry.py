@@ -1,15 +1,19 @@
-"""Project pipelines: data, augmentation, stage1-3, training, thresholds, evaluate, inference, export, compare_runs."""
+"""Project pipelines: data, augmentation, stage1-3, training, thresholds, evaluate, inference, export,
+compare_runs, diagnose, inspect_checkpoints, compare_backbones."""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from defect_pipeline.pipelines.compare_backbones import create_pipeline as create_compare_backbones_pipeline
 from defect_pipeline.pipelines.compare_runs import create_pipeline as create_compare_runs_pipeline
 from defect_pipeline.pipelines.data import create_pipeline as create_data_pipeline
+from defect_pipeline.pipelines.diagnose import create_pipeline as create_diagnose_pipeline
 from defect_pipeline.pipelines.evaluate import create_pipeline as create_evaluate_pipeline
 from defect_pipeline.pipelines.export import create_pipeline as create_export_pipeline
 from defect_pipeline.pipelines.inference import create_pipeline as create_inference_pipeline
 from defect_pipeline.pipelines.inference import create_test_split_pipeline
+from defect_pipeline.pipelines.inspect_checkpoints import create_pipeline as create_inspect_pipeline
 from defect_pipeline.pipelines.thresholds import create_pipeline as create_thresholds_pipeline
 from defect_pipeline.pipelines.training.pipeline import STAGES, create_augmentation_pipeline, create_stage_pipeline
 
@@ -18,8 +22,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
     ``__default__``: data → preview → stage1 → stage2 → stage3 → thresholds → evaluate → inference
-    on the test split. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX) and
-    ``compare_runs`` (reads MLflow) run on request.
+    on the test split. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX),
+    ``compare_runs`` (reads MLflow), ``diagnose`` (any history.csv), ``inspect_checkpoints`` and
+    ``compare_backbones`` run on request.
     """
     stages = {name: create_stage_pipeline(name, previous) for name, previous in STAGES.items()}
     pipelines: dict[str, Pipeline] = {
@@ -34,4 +39,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["inference"] = create_inference_pipeline()
     pipelines["export"] = create_export_pipeline()
     pipelines["compare_runs"] = create_compare_runs_pipeline()
+    pipelines["diagnose"] = create_diagnose_pipeline()
+    pipelines["inspect_checkpoints"] = create_inspect_pipeline()
+    pipelines["compare_backbones"] = create_compare_backbones_pipeline()
     return pipelines

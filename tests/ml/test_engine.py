@@ -237,3 +237,38 @@ def test_unsafe_checkpoint_is_refused_and_never_runs(tmp_path: Path, monkeypatch
     with pytest.raises(CheckpointError, match="refused"):
         safe_torch_load(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+class StepRecorder:
+    """A training logger that keeps what it receives, including the optional per-step rows."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self.epochs: list[int] = []
+
+    def log_steps(self, rows: list[dict]) -> None:
+        self.steps.extend(rows)
+
+    def log_epoch(self, epoch: int, step: int, row: dict) -> None:
+        self.epochs.append(epoch)
+
+    def log_checkpoint(self, kind: str, path: Path) -> None:
+        pass
+
+
+def test_every_optimizer_step_is_recorded_with_its_dropout_and_lr(tmp_path: Path) -> None:
+    recorder = StepRecorder()
+    _, result = run(tmp_path, config(epochs=2, accumulate_grad_batches=2), training_logger=recorder)
+    # 24 samples / batch 4 = 6 batches, 2 per optimizer step: 3 steps per epoch
+    assert [r["step"] for r in result.steps] == [1, 2, 3, 4, 5, 6] == [r["step"] for r in recorder.steps]
+    assert [r["epoch"] for r in result.steps] == [1, 1, 1, 2, 2, 2]
+    assert [r["dropout"] for r in result.steps] == [0.0, 0.0, 0.0, 0.2, 0.2, 0.2]  # warmup_step 3
+    assert all(r["lr_head"] > 0 and r["lr_backbone"] > 0 and r["train_loss"] > 0 for r in result.steps)
+    assert result.steps[0]["lr_head"] < result.steps[1]["lr_head"]  # linear warmup over half an epoch
+    # the steps survive an interruption: a resumed run reports all of them
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split", config(epochs=2, accumulate_grad_batches=2), training_logger=InterruptAfter(1))
+    _, resumed = run(tmp_path / "split", config(epochs=2, accumulate_grad_batches=2))
+    assert [r["step"] for r in resumed.steps] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(result.steps, resumed.steps, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

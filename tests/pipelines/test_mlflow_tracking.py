@@ -80,6 +80,11 @@ def test_per_epoch_metrics_have_their_steps(tracked_run) -> None:
     assert metrics["best_val_loss"] == pytest.approx(history["val_loss"].min())
     assert metrics["best_val_combined_score"] == pytest.approx(history["val_combined_score"].max())
     assert metrics["parameters_total"] > metrics["parameters_trainable"] > 0  # frozen backbone
+    # per optimizer step: dropout, LR and loss, with the global step
+    step_dropout = client.get_metric_history(stage1, "step/dropout")
+    steps = pd.read_csv(project / "data/08_reporting/stage1/steps.csv")
+    assert [m.step for m in step_dropout] == steps["step"].tolist() == list(range(1, len(steps) + 1))
+    assert {"step/lr_head", "step/train_loss"} <= set(children["stage1"].data.metrics)
     # stage3 learns its task uncertainties: they are logged per epoch
     stage3 = children["stage3"].data.metrics
     assert {"loss_weight_log_var_cls", "loss_weight_log_var_seg"} <= set(stage3)
@@ -95,7 +100,8 @@ def test_artifacts_are_in_the_run_they_belong_to(tracked_run) -> None:
     assert {"data/data_report.json", "data/data_report.md", "data/quarantine.csv"} <= files(parent.info.run_id, "data")
     assert "augmentation/augmentation_preview.png" in files(parent.info.run_id, "augmentation")
     for stage, child in ((name, children[name]) for name in STAGES):
-        assert {f"{stage}/history.csv", f"{stage}/curves.png", f"{stage}/training_summary.json"} <= \
+        assert {f"{stage}/history.csv", f"{stage}/curves.png", f"{stage}/training_summary.json",
+                f"{stage}/steps.csv", f"{stage}/diagnosis.json", f"{stage}/diagnosis.md"} <= \
             files(child.info.run_id, stage)
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=children["stage2"].info.run_id, artifact_path="stage2/training_summary.json",

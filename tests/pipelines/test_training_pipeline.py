@@ -67,3 +67,28 @@ def test_a_checkpoint_with_other_classes_is_refused_with_the_mismatch_named(kedr
     run_kedro(kedro_project, "data", params=other)
     with pytest.raises(Exception, match=r"classes: checkpoint has"):
         run_kedro(kedro_project, "stage1", params=other)
+
+
+def test_each_stage_writes_its_curve_diagnosis(kedro_project: Path) -> None:
+    run_kedro(kedro_project, "data", params=TINY)
+    run_kedro(kedro_project, "stage1", params={**TINY, "stage1": {**TINY_STAGE, "epochs": 2}})
+    report = json.loads((kedro_project / "data/08_reporting/stage1/diagnosis.json").read_text())
+    assert report["monitor"] == "val_combined_score" and report["epochs"] == 2
+    assert isinstance(report["findings"], list) and "config" in report
+    assert (kedro_project / "data/08_reporting/stage1/diagnosis.md").read_text().startswith(
+        "# Training-curve diagnosis: stage1")
+    assert _summary(kedro_project, "stage1")["diagnosis"] == [f"{f['severity']}: {f['kind']}"
+                                                              for f in report["findings"]]
+
+
+def test_diagnose_pipeline_reads_any_history(kedro_project: Path) -> None:
+    history = kedro_project / "my history.csv"
+    pd.DataFrame({"epoch": [1, 2, 3, 4, 5, 6], "global_step": [5, 10, 15, 20, 25, 30],
+                  "train_loss": [1.0, 0.6, 0.4, 0.5, 0.9, 1.4], "val_loss": [1.0, 0.7, 0.5, 0.6, 1.0, 1.5],
+                  "val_combined_score": [0.3, 0.4, 0.5, 0.45, 0.3, 0.2],
+                  "lr_head": [1e-3] * 6}).to_csv(history, index=False)
+    run_kedro(kedro_project, "diagnose", params={"diagnosis": {"history": str(history)}})
+    report = json.loads((kedro_project / "data/08_reporting/diagnosis/diagnosis.json").read_text())
+    assert {f["kind"] for f in report["findings"]} >= {"divergence"}
+    with pytest.raises(ValueError, match="diagnosis.monitor 'val_nope'"):
+        run_kedro(kedro_project, "diagnose", params={"diagnosis": {"history": str(history), "monitor": "val_nope"}})

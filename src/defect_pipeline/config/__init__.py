@@ -7,6 +7,9 @@ keys and bad values fail at start-up with a message that names the key (see
 """
 
 from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.comparison import CompareBackbonesParams
+from defect_pipeline.config.diagnostics import DiagnosisParams
+from defect_pipeline.config.inspection import InspectParams
 from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
 from defect_pipeline.config.tracking import CompareRunsParams
 from defect_pipeline.config.training import (
@@ -26,9 +29,12 @@ from defect_pipeline.config.data import (
 
 __all__ = [
     "AugmentationParams",
+    "CompareBackbonesParams",
     "CompareRunsParams",
+    "DiagnosisParams",
     "EvaluationParams",
     "ExportParams",
+    "InspectParams",
     "InferenceParams",
     "ThresholdsParams",
     "LossParams",

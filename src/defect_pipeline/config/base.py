@@ -69,6 +69,9 @@ def format_validation_error(block: str, model: type[BaseModel], error: Validatio
 
 def _registry() -> dict[str, type[StrictModel]]:
     from defect_pipeline.config.data import DataParams
+    from defect_pipeline.config.comparison import CompareBackbonesParams
+    from defect_pipeline.config.diagnostics import DiagnosisParams
+    from defect_pipeline.config.inspection import InspectParams
     from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
     from defect_pipeline.config.tracking import CompareRunsParams
     from defect_pipeline.config.training import AugmentationParams, ModelParams, RuntimeParams, StageParams
@@ -76,7 +79,8 @@ def _registry() -> dict[str, type[StrictModel]]:
     return {"data": DataParams, "model": ModelParams, "augmentation": AugmentationParams, "runtime": RuntimeParams,
             "stage1": StageParams, "stage2": StageParams, "stage3": StageParams, "compare_runs": CompareRunsParams,
             "thresholds": ThresholdsParams, "evaluation": EvaluationParams, "inference": InferenceParams,
-            "export": ExportParams}
+            "export": ExportParams, "diagnosis": DiagnosisParams, "inspect": InspectParams,
+            "compare_backbones": CompareBackbonesParams}
 
 
 def validate_parameters(params: Mapping[str, Any]) -> dict[str, StrictModel]:

@@ -100,6 +100,8 @@ class StageParams(StrictModel):
     loss: LossParams = LossParams()
     dropout: DropoutParams = DropoutParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that reaches this many "
+                                                                "seconds of training (null: no limit)")
 
     @model_validator(mode="after")
     def _init_is_known(self) -> StageParams:

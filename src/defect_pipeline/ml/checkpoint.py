@@ -63,9 +63,18 @@ def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for unsafe globals, RuntimeError for corrupt zips
         raise CheckpointError(
-            f"cannot load checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]} "
+            f"cannot load checkpoint {path}: {type(error).__name__}: {_reason(error)} "
             "(read with torch.load(weights_only=True): corrupt files and pickles that would run code are refused)"
         ) from None
+
+
+def _reason(error: Exception) -> str:
+    """The informative line of a torch.load error (not torch's advice to retry with weights_only=False)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
+        return "; ".join(detail)[:300] or "refused by the weights-only unpickler"
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -38,7 +38,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingLogger(Protocol):
-    """Receives per-epoch rows and checkpoint events (MLflow, files, or nothing)."""
+    """Receives per-epoch rows and checkpoint events (MLflow, files, or nothing).
+
+    A logger may also define ``log_steps(rows)``: it then receives, once per epoch before
+    ``log_epoch``, that epoch's per-optimizer-step rows (``step``, ``epoch``, ``dropout``,
+    ``lr_<group>``, ``train_loss``).
+    """
 
     def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None: ...
 
@@ -82,6 +87,7 @@ class EngineConfig:
     max_batches_per_epoch: int | None = None
     resume: bool = True
     progress: bool = True
+    time_budget_s: float | None = None  # stop after the epoch that reaches it (equal-budget comparisons)
 
 
 @dataclass
@@ -98,6 +104,8 @@ class TrainResult:
     already_finished: bool = False
     resumed_from_epoch: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
+    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stopped before the last epoch
 
 
 @functools.lru_cache(maxsize=1)
@@ -261,6 +269,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.precision == "fp16")
 
     history: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
     start_epoch, global_step, best, best_epoch, bad_epochs = 0, 0, None, None, 0
     resumed_from = None
     if config.resume and store.has_last():
@@ -268,13 +277,15 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         check_compatible(state, backbone=meta["model_meta"]["backbone"], decoder=meta["model_meta"]["decoder"],
                          seg_mode=meta["model_meta"]["seg_mode"], labels=meta["labels"], source=str(store.last_path))
         history = list(state["history"])
+        steps = list(state.get("steps", []))
         if state.get("finished"):
             logger.warning("stage %s already finished (%d epochs, best %s = %s); nothing to do. Delete %s "
                            "or set resume: false to train again.", meta.get("stage"), state["epoch"], monitor,
                            state.get("best_metric"), store.path)
             return TrainResult(history, state.get("best_metric"), state.get("best_epoch"), state["epoch"],
                                state["global_step"], state["total_steps"], bool(state.get("stopped_early")),
-                               already_finished=True, summary=dict(state.get("summary", {})))
+                               already_finished=True, summary=dict(state.get("summary", {})),
+                               steps=list(state.get("steps", [])))
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
@@ -288,7 +299,9 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
                     start_epoch, config.epochs)
 
     stopped_early = False
+    stop_reason = None
     epoch = start_epoch
+    run_started = time.perf_counter()
     for epoch in range(start_epoch + 1, config.epochs + 1):
         _seed_epoch(train_loader, config.seed + epoch)
         model.train()
@@ -298,6 +311,8 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         bar = tqdm(total=batches, desc=f"{meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
                    disable=not config.progress, leave=False, mininterval=1.0)
         weights: dict[str, float] = {}
+        epoch_steps: list[dict[str, Any]] = []
+        accumulated_loss, accumulated_batches = 0.0, 0
         for index, batch in _batches(train_loader, config.max_batches_per_epoch):
             # phase 1: dropout for this step (progressive: 0 until the warmup step)
             dropout = dropout_at_step(global_step, target=config.dropout_rate, warmup_step=config.dropout_warmup_step)
@@ -317,8 +332,15 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
                 )
             # phase 3: backward, accumulated over accumulate_grad_batches batches
             scaler.scale(loss.total / config.accumulate_grad_batches).backward()
+            accumulated_loss += total_value
+            accumulated_batches += 1
             last_batch = index + 1 == batches
             if (index + 1) % config.accumulate_grad_batches == 0 or last_batch:
+                step_row: dict[str, Any] = {"step": global_step + 1, "epoch": epoch, "dropout": dropout,
+                                            "train_loss": accumulated_loss / accumulated_batches}
+                step_row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+                epoch_steps.append(step_row)
+                accumulated_loss, accumulated_batches = 0.0, 0
                 # phase 4: clip, step, schedule
                 if config.grad_clip is not None:
                     scaler.unscale_(optimizer)
@@ -351,6 +373,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         row["dropout"] = dropout_at_step(max(global_step - 1, 0), target=config.dropout_rate,
                                          warmup_step=config.dropout_warmup_step)
         row.update({f"loss_weight_{k}": float(v) for k, v in weights.items()})
+        steps.extend(epoch_steps)
         row["epoch_seconds"] = time.perf_counter() - started
         row["train_samples_per_s"] = seen / max(train_seconds, 1e-9)
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -365,6 +388,11 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         else:
             bad_epochs += 1
         stopped_early = bad_epochs >= config.patience and epoch < config.epochs
+        if stopped_early:
+            stop_reason = "early_stopping"
+        elif (config.time_budget_s is not None and epoch < config.epochs
+              and time.perf_counter() - run_started >= config.time_budget_s):
+            stopped_early, stop_reason = True, "time_budget"
         finished = stopped_early or epoch == config.epochs
         # phase 7: checkpoint (best when improved, last always) and log
         state = {
@@ -372,15 +400,21 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state(),
             "epoch": epoch, "global_step": global_step, "total_steps": total_steps, "monitor": monitor,
             "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-            "finished": finished, "stopped_early": stopped_early,
+            "steps": steps, "finished": finished, "stopped_early": stopped_early,
         }
         if improved:
             log.log_checkpoint("best", store.save("best", state))
         log.log_checkpoint("last", store.save("last", state))
+        if hasattr(log, "log_steps"):
+            log.log_steps(epoch_steps)
         log.log_epoch(epoch, global_step, row)
-        if stopped_early:
+        if stop_reason == "early_stopping":
             logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs (best %.4g at "
                         "epoch %s)", epoch, monitor, config.min_delta, config.patience, best, best_epoch)
             break
+        if stop_reason == "time_budget":
+            logger.info("time budget of %.0f s reached after epoch %d of %d (best %s %.4g at epoch %s)",
+                        config.time_budget_s, epoch, config.epochs, monitor, best, best_epoch)
+            break
     return TrainResult(history, best, best_epoch, epoch, global_step, total_steps, stopped_early,
-                       resumed_from_epoch=resumed_from)
+                       resumed_from_epoch=resumed_from, steps=steps, stop_reason=stop_reason)

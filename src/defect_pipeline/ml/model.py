@@ -836,3 +836,18 @@ def count_parameters(model: nn.Module) -> dict:
         "backbone": in_backbone,
         "head": total - in_backbone,
     }
+
+
+def training_memory_estimate(backbone: str, *, num_image_classes: int, num_seg_classes: int, decoder: str = "auto",
+                             decoder_channels: int = 64, image_size: int | None = None,
+                             seg_mode: str = "multiclass") -> dict[str, float]:
+    """Parameters of a model (built on the meta device: nothing allocated) and the memory its training
+    state needs at least: fp32 weights, gradients and AdamW's two moments, 16 bytes per parameter.
+    Activations come on top, so this is a lower bound used to refuse hopeless choices early."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = create_model(backbone, num_image_classes=num_image_classes, num_seg_classes=num_seg_classes,
+                           seg_mode=seg_mode, decoder=decoder, decoder_channels=decoder_channels,
+                           image_size=image_size)
+    params = sum(p.numel() for p in net.parameters())
+    return {"parameters": float(params), "state_bytes": float(params * 16)}

@@ -131,13 +131,28 @@ def numeric_metrics(row: dict[str, Any], skip: tuple[str, ...] = ("epoch",)) -> 
 
 
 class MlflowTrainingLogger:
-    """Per-epoch metrics (step = epoch) into the active MLflow run; a no-op without one."""
+    """Per-epoch metrics (step = epoch) and per-step ``step/*`` metrics (step = optimizer step) into the
+    active MLflow run; a no-op without one."""
 
     def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
         logger.info("epoch %d (step %d): %s", epoch, step,
                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
         if mlflow.active_run() is not None:
             mlflow.log_metrics(numeric_metrics(row), step=int(epoch))
+
+    def log_steps(self, rows: list[dict[str, Any]]) -> None:
+        """Per-optimizer-step ``step/<name>`` metrics (dropout, LR per group, loss), step = global step."""
+        if mlflow.active_run() is None or not rows:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"step/{key}", value, now, int(row["step"]))
+                   for row in rows for key, value in numeric_metrics(row, skip=("step", "epoch")).items()]
+        client = mlflow.MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
     def log_checkpoint(self, kind: str, path: Path) -> None:
         logger.debug("checkpoint %s -> %s", kind, path)

@@ -17,11 +17,19 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from defect_pipeline.config import AugmentationParams, DataParams, ModelParams, RuntimeParams, StageParams
+from defect_pipeline.config import (
+    AugmentationParams,
+    DataParams,
+    DiagnosisParams,
+    ModelParams,
+    RuntimeParams,
+    StageParams,
+)
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.augment import build_transform, render_preview, validate_recipe
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
 from defect_pipeline.ml.curves import plot_training_curves
+from defect_pipeline.ml.diagnosis import diagnose, render_diagnosis_markdown
 from defect_pipeline.ml.dataset import ManifestDataset, class_counts, create_dataloader, labels_from_manifest
 from defect_pipeline.ml.engine import EngineConfig, resolve_device, resolve_precision, train
 from defect_pipeline.ml.labels import LabelSpace
@@ -81,13 +89,14 @@ def _best_values(history: pd.DataFrame) -> dict[str, float]:
 
 def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                 checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
-                data: dict[str, Any], runtime: dict[str, Any], stage: dict[str, Any],
+                data: dict[str, Any], runtime: dict[str, Any], diagnosis: dict[str, Any], stage: dict[str, Any],
                 init_store: CheckpointStore | None = None, *, stage_name: str
-                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure, ModelPackage]:
+                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure, ModelPackage, pd.DataFrame, dict, str]:
     """Train one stage.
 
-    Returns the checkpoint store, the history, a summary, the curves and the best checkpoint as a
-    model package. Epoch metrics go to the active MLflow run (the stage's child run) as they come.
+    Returns the checkpoint store, the history, a summary, the curves, the best checkpoint as a
+    model package, the per-step rows and the curve diagnosis (JSON and Markdown). Epoch and step
+    metrics go to the active MLflow run (the stage's child run) as they come.
     """
     model_cfg, aug, data_cfg, cfg = (ModelParams.model_validate(model), AugmentationParams.model_validate(augmentation),
                                      DataParams.model_validate(data), StageParams.model_validate(stage))
@@ -155,7 +164,7 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
         mode=cfg.early_stopping.mode, patience=cfg.early_stopping.patience, min_delta=cfg.early_stopping.min_delta,
         dropout_rate=cfg.dropout.rate, dropout_warmup_step=cfg.dropout.warmup_step,
         freeze_backbone=cfg.freeze_backbone, seed=cfg.seed, max_batches_per_epoch=cfg.max_batches_per_epoch,
-        resume=cfg.resume)
+        resume=cfg.resume, time_budget_s=cfg.time_budget_s)
     meta = {"stage": stage_name, "model_meta": model_meta, "labels": labels.to_dict(),
             "config": {"model": model_cfg.model_dump(), "stage": cfg.model_dump(mode="json"),
                        "augmentation": aug.model_dump(mode="json")},
@@ -167,6 +176,7 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     result = train(net, loss_fn, train_loader, val_loader, metrics=MultitaskMetrics(labels, model_cfg.seg_mode),
                    config=engine_cfg, store=checkpoint_dir, meta=meta, training_logger=tracker)
     if result.already_finished:  # nothing trained: the child run still shows the stage's curves
+        tracker.log_steps(result.steps)
         for row in result.history:
             tracker.log_epoch(int(row["epoch"]), int(row["global_step"]), row)
     history = pd.DataFrame(result.history)
@@ -176,17 +186,26 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
         "device": device, "precision": engine_cfg.precision,
         "init_from": init_description, "monitor": monitor, "best_metric": result.best_metric,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
-        "total_steps": result.total_steps, "stopped_early": result.stopped_early,
+        "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
         "already_finished": result.already_finished, "resumed_from_epoch": result.resumed_from_epoch,
         "best_checkpoint": str(checkpoint_dir.best_path), "last_checkpoint": str(checkpoint_dir.last_path),
         "parameters": count_parameters(net), "labels": labels.to_dict(), "manifest_hash": meta["manifest_hash"],
         "final": {k: v for k, v in (result.history[-1] if result.history else {}).items()},
         "best_values": _best_values(history),
     }
+    steps = pd.DataFrame(result.steps)
+    diagnosis_cfg = DiagnosisParams.model_validate(diagnosis).config(monitor=monitor, mode=cfg.early_stopping.mode)
+    report = diagnose(history, diagnosis_cfg, steps=steps, stopped_early=result.stop_reason == "early_stopping")
+    summary["diagnosis"] = [f"{f['severity']}: {f['kind']}" for f in report["findings"]]
+    for finding in report["findings"]:
+        if finding["severity"] != "info":
+            logger.warning("%s diagnosis — %s: %s. %s", stage_name, finding["kind"], finding["message"],
+                           finding["recommendation"])
     log_stage_result(summary)
     curves = plot_training_curves(history, monitor=monitor, title=f"{stage_name}: {model_cfg.backbone}")
     best_kind = "best" if checkpoint_dir.has_best() else "last"
     package = ModelPackage.from_checkpoint(checkpoint_dir.load(best_kind),
                                            source=str(checkpoint_dir.best_path if best_kind == "best"
                                                       else checkpoint_dir.last_path))
-    return checkpoint_dir, history, summary, curves, package
+    markdown = render_diagnosis_markdown(report, title=f"{stage_name} ({model_cfg.backbone})")
+    return checkpoint_dir, history, summary, curves, package, steps, report, markdown

@@ -10,7 +10,7 @@ from defect_pipeline.pipelines.training import nodes
 from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG
 
 STAGES: dict[str, str | None] = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
-SHARED_PARAMETERS = ("params:model", "params:augmentation", "params:data", "params:runtime")
+SHARED_PARAMETERS = ("params:model", "params:augmentation", "params:data", "params:runtime", "params:diagnosis")
 
 
 def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
@@ -27,8 +27,8 @@ def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
     if previous is not None:
         inputs.append("init_checkpoints")
     train = update_wrapper(partial(nodes.train_stage, stage_name=stage), nodes.train_stage)
-    template = Pipeline([Node(train, inputs, ["checkpoints", "history", "training_summary", "curves", "model"],
-                              name="train", tags=[TRACKED_STAGE_TAG])])
+    outputs = ["checkpoints", "history", "training_summary", "curves", "model", "steps", "diagnosis", "diagnosis_md"]
+    template = Pipeline([Node(train, inputs, outputs, name="train", tags=[TRACKED_STAGE_TAG])])
     shared_inputs: dict[str, str] = {name: name for name in ("manifest", "raw_source", "scan_summary")}
     if previous is not None:
         shared_inputs["init_checkpoints"] = f"{previous}.checkpoints"

@@ -1,0 +1,204 @@
+"""What is in a checkpoint folder, and in one checkpoint, without training code or guesswork.
+
+:func:`inventory` lists every checkpoint file under a folder (``*.pt``, ``*.pth``,
+``*.safetensors``): size, stage, epoch, global step of total steps and % complete, monitored metric
+and its best value, and which files are a stage's ``best`` / ``last``. A file that cannot be read
+(corrupt, foreign, or a pickle that would run code — everything is read with
+``weights_only=True``) is listed with its error instead of stopping the listing.
+
+:func:`describe` details one checkpoint: architecture and parameters per component (total /
+trainable / frozen, as the stage trained them), loss setup and weights or learned task
+uncertainties, optimizer parameter groups with their current learning rates, where the dropout
+schedule stands, data-manifest hash, classes, and how its configuration differs from the
+current parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defect_pipeline.ml.checkpoint import CheckpointError, read_weights_file
+from defect_pipeline.ml.schedules import dropout_at_step
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    """(checkpoint dict, kind) of a training checkpoint or a package's weights (+ its model.json)."""
+    state = read_weights_file(path)
+    if path.suffix == ".safetensors":
+        meta_file = path.with_name("model.json")
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if not meta:
+            raise CheckpointError(f"{path}: safetensors weights without a model.json beside them (not a model "
+                                  "package of this project)")
+        return {"model": state, "model_meta": meta, "labels": meta.get("labels"), "stage": meta.get("stage"),
+                "epoch": meta.get("epoch"), "global_step": meta.get("global_step"), "monitor": meta.get("monitor"),
+                "best_metric": meta.get("best_metric"), "manifest_hash": meta.get("manifest_hash"),
+                "config": {"model": {"decoder_channels": meta.get("decoder_channels")}}}, "package"
+    if not isinstance(state, dict) or "model_meta" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no model_meta / model): a foreign file")
+    return state, str(state.get("kind", "checkpoint"))
+
+
+def inventory(folder: str | Path) -> list[dict[str, Any]]:
+    """One row per checkpoint file under ``folder`` (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"inspect.path {folder} is not a folder of checkpoints (e.g. data/06_models)")
+    rows = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()
+                       and not p.name.startswith(".")):
+        row: dict[str, Any] = {"file": path.relative_to(folder).as_posix(), "size_mb": round(path.stat().st_size / 2**20, 2)}
+        try:
+            state, kind = _read(path)
+        except Exception as error:  # noqa: BLE001 - a bad file is a row with its error, not a crash
+            row.update(kind="unreadable", error=str(error).splitlines()[0][:300])
+            rows.append(row)
+            continue
+        total, step = state.get("total_steps"), state.get("global_step")
+        row.update({
+            "kind": kind, "stage": state.get("stage"), "backbone": state["model_meta"].get("backbone"),
+            "epoch": state.get("epoch"), "global_step": step, "total_steps": total,
+            "percent_complete": round(100.0 * step / total, 1) if step is not None and total else None,
+            "finished": state.get("finished"), "monitor": state.get("monitor"), "best_metric": state.get("best_metric"),
+            "best_epoch": state.get("best_epoch"), "manifest_hash": state.get("manifest_hash"), "error": "",
+        })
+        rows.append(row)
+    return rows
+
+
+def _component_counts(state: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Parameters per top-level component of the rebuilt network, trainable as the stage trained it."""
+    from defect_pipeline.ml.predict import ModelPackage
+
+    net = ModelPackage.from_checkpoint(state, source="inspection").build_model()
+    frozen_backbone = bool(state.get("config", {}).get("stage", {}).get("freeze_backbone", False))
+    net.freeze_backbone(frozen_backbone)
+    counts = {}
+    for name, module in net.named_children():
+        params = list(module.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        counts[name] = {"total": total, "trainable": trainable, "frozen": total - trainable}
+    counts["all"] = {key: sum(c[key] for c in counts.values()) for key in ("total", "trainable", "frozen")}
+    return counts
+
+
+def describe(path: str | Path, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The details of one checkpoint (see the module docstring); ``current``: the current parameters."""
+    path = Path(path)
+    state, kind = _read(path)
+    meta = state["model_meta"]
+    config = state.get("config", {})
+    stage_cfg = config.get("stage", {})
+    loss_state = {k: float(v) for k, v in (state.get("loss") or {}).items() if torch.is_tensor(v) and v.numel() == 1}
+    uncertainties = {k.removeprefix("log_var_"): {"log_var": v, "sigma2": math.exp(v), "weight": math.exp(-v)}
+                     for k, v in loss_state.items() if k.startswith("log_var_")}
+    groups = []
+    for group in (state.get("optimizer") or {}).get("param_groups", []):
+        groups.append({"name": group.get("name"), "lr": group.get("lr"), "initial_lr": group.get("initial_lr"),
+                       "weight_decay": group.get("weight_decay"), "parameters": len(group.get("params", []))})
+    dropout_cfg = stage_cfg.get("dropout", {})
+    step = state.get("global_step")
+    dropout = None
+    if dropout_cfg and step is not None:
+        warmup = int(dropout_cfg.get("warmup_step", 0))
+        dropout = {"rate": dropout_cfg.get("rate"), "warmup_step": warmup, "global_step": step,
+                   "current": dropout_at_step(step, target=float(dropout_cfg.get("rate", 0.0)), warmup_step=warmup),
+                   "switched_on": step >= warmup}
+    total = state.get("total_steps")
+    report = {
+        "file": str(path), "kind": kind, "size_mb": round(path.stat().st_size / 2**20, 2),
+        "stage": state.get("stage"), "epoch": state.get("epoch"), "global_step": step, "total_steps": total,
+        "percent_complete": round(100.0 * step / total, 1) if step is not None and total else None,
+        "finished": state.get("finished"), "monitor": state.get("monitor"), "best_metric": state.get("best_metric"),
+        "best_epoch": state.get("best_epoch"), "init_from": state.get("init_from"),
+        "architecture": {**meta, "decoder_channels": config.get("model", {}).get("decoder_channels")},
+        "classes": state.get("labels"), "manifest_hash": state.get("manifest_hash"),
+        "parameters": _component_counts(state),
+        "loss": {"config": stage_cfg.get("loss"), "state": loss_state, "task_uncertainties": uncertainties},
+        "optimizer": {"type": "AdamW" if groups else None, "param_groups": groups},
+        "dropout": dropout, "history_epochs": len(state.get("history") or []),
+        "config_differences": config_differences(state, current) if current else [],
+    }
+    return report
+
+
+def config_differences(state: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Keys whose value in the checkpoint's configuration differs from the current parameters."""
+    config = state.get("config", {})
+    stage = state.get("stage")
+    pairs = [("model", config.get("model"), current.get("model")),
+             ("augmentation", config.get("augmentation"), current.get("augmentation")),
+             (str(stage), config.get("stage"), current.get(str(stage)) if stage else None)]
+    differences = []
+    for block, saved, now in pairs:
+        if not isinstance(saved, dict) or not isinstance(now, dict):
+            continue
+        saved_flat, now_flat = _flatten(saved), _flatten(now)
+        for key in sorted(set(now_flat) & set(saved_flat)):
+            if saved_flat[key] != now_flat[key]:
+                differences.append({"key": f"{block}.{key}", "checkpoint": saved_flat[key], "current": now_flat[key]})
+    return differences
+
+
+def render_markdown(rows: list[dict[str, Any]], details: dict[str, Any] | None, *, folder: str) -> str:
+    from defect_pipeline.markdown import markdown_table
+
+    def fmt(value: Any) -> str:
+        if value is None or value == "":
+            return "–"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = [f"# Checkpoints in `{folder}`", ""]
+    columns = ["file", "kind", "size_mb", "stage", "backbone", "epoch", "global_step", "total_steps",
+               "percent_complete", "monitor", "best_metric", "error"]
+    lines.append(markdown_table(columns, [[fmt(row.get(c)) for c in columns] for row in rows]) if rows
+                 else "No checkpoint files.")
+    if details:
+        arch = details["architecture"]
+        lines += ["", f"## {details['file']}", "",
+                  f"- {details['kind']} of {details['stage']}, epoch {details['epoch']}, step {details['global_step']} "
+                  f"of {details['total_steps']} ({fmt(details['percent_complete'])} %), finished: {details['finished']}; "
+                  f"{details['monitor']} best {fmt(details['best_metric'])} at epoch {details['best_epoch']}",
+                  f"- architecture: {arch.get('backbone')} + {arch.get('decoder')} (width {arch.get('decoder_channels')}), "
+                  f"{arch.get('seg_mode')} segmentation at {arch.get('image_size')} px",
+                  f"- classes: {details['classes']}; data-manifest hash `{details['manifest_hash']}`",
+                  f"- initialised from: {details['init_from']}", "", "Parameters:", ""]
+        lines.append(markdown_table(["component", "total", "trainable", "frozen"],
+                                    [[name, f"{c['total']:,}", f"{c['trainable']:,}", f"{c['frozen']:,}"]
+                                     for name, c in details["parameters"].items()]))
+        loss = details["loss"]
+        lines += ["", f"Loss: {loss['config']}"]
+        for task, u in loss["task_uncertainties"].items():
+            lines.append(f"- learned uncertainty of {task}: σ² = {u['sigma2']:.4g} (weight {u['weight']:.4g})")
+        if details["optimizer"]["param_groups"]:
+            lines += ["", "Optimizer parameter groups:", ""]
+            lines.append(markdown_table(["group", "lr now", "initial lr", "weight decay", "tensors"],
+                                        [[g["name"], fmt(g["lr"]), fmt(g["initial_lr"]), fmt(g["weight_decay"]),
+                                          g["parameters"]] for g in details["optimizer"]["param_groups"]]))
+        if details["dropout"]:
+            d = details["dropout"]
+            lines += ["", f"Dropout: rate {d['rate']} from step {d['warmup_step']}; at step {d['global_step']} it is "
+                          f"{d['current']} ({'on' if d['switched_on'] else 'not yet on'})."]
+        lines += ["", "Configuration differences from the current parameters:", ""]
+        lines.append(markdown_table(["key", "checkpoint", "current"],
+                                    [[d["key"], fmt(d["checkpoint"]), fmt(d["current"])]
+                                     for d in details["config_differences"]])
+                     if details["config_differences"] else "None.")
+    return "\n".join(lines) + "\n"

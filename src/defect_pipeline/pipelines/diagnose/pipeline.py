@@ -1,0 +1,14 @@
+"""``kedro run --pipeline=diagnose --params diagnosis.history=<history.csv>``."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from defect_pipeline.pipelines.diagnose import nodes
+
+
+def create_pipeline() -> Pipeline:
+    return Pipeline([
+        Node(nodes.diagnose_history, "params:diagnosis", ["diagnosis_report", "diagnosis_report_md"],
+             name="diagnose_history"),
+    ])
