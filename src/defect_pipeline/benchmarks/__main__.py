@@ -10,6 +10,7 @@ BENCHMARKS = {
     "training": "defect_pipeline.benchmarks.training",
     "test_metrics": "defect_pipeline.benchmarks.test_metrics",
     "evaluation": "defect_pipeline.benchmarks.evaluation",
+    "backbones": "defect_pipeline.benchmarks.backbones",
 }
 
 

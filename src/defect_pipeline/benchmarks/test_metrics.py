@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Trained by `{args.command}` and measured by `python -m defect_pipeline.benchmarks test_metrics "
         f"--project {args.project} --root {args.root}` on {describe_machine()}. Model: {summary['backbone']} + "
         f"{summary['decoder']}, random initialisation (no pretrained weights: the model hub is unreachable "
-        f"here), epochs: {', '.join(epochs)}. Checkpoint: {last_stage} best (epoch {summary['best_epoch']}, "
-        f"{summary['monitor']} {summary['best_metric']:.4f} on val). Argmax decisions (no tuned thresholds).",
+        f"here), epochs: {', '.join(epochs)}, training precision {summary.get('precision', 'fp32')} "
+        f"(`precision: auto` measures the CPU). Checkpoint: {last_stage} best (epoch {summary['best_epoch']}, "
+        f"{summary['monitor']} {summary['best_metric']:.4f} on val). Argmax decisions at the model's input size "
+        "(the `evaluation` section below measures at each image's own size, fixed and tuned).",
         "",
         "| metric | test |",
         "|---|---|",

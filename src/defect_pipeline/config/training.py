@@ -33,6 +33,10 @@ class RuntimeParams(StrictModel):
     cpu_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads on CPU; null = torch's default (one per core)"
     )
+    onnx_threads: int | None = Field(
+        None, ge=1, description="onnxruntime intra-op threads (inference.backend: onnx); null = its default "
+                                "(one per physical core)"
+    )
 
 
 class AugmentationParams(StrictModel):

@@ -851,3 +851,19 @@ def training_memory_estimate(backbone: str, *, num_image_classes: int, num_seg_c
                            image_size=image_size)
     params = sum(p.numel() for p in net.parameters())
     return {"parameters": float(params), "state_bytes": float(params * 16)}
+
+
+def check_model_config(backbone: str, *, decoder: str = "auto", decoder_channels: int = 64,
+                       image_size: int | None = None, seg_mode: str = "multiclass") -> None:
+    """Raise ``ValueError`` now for a model block that would fail when a stage starts.
+
+    Builds the model on the meta device (no memory, no download): unknown backbone (with close
+    timm names), a decoder that does not fit the backbone, a decoder width the decoder cannot
+    take, an image size that is not a multiple of the stride (or gives a 1x1 deepest map).
+    """
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = create_model(backbone, num_image_classes=2, num_seg_classes=2, seg_mode=seg_mode, decoder=decoder,
+                           decoder_channels=decoder_channels, image_size=image_size)
+    if image_size is not None:
+        check_input_size(net, image_size)

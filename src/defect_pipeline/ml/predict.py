@@ -317,7 +317,7 @@ def decide(raw: RawOutput, labels: LabelSpace, thresholds: Thresholds) -> Predic
 class _OnnxRunner:
     """The package's ``model.onnx`` through onnxruntime (CPU), outputs like the PyTorch model's."""
 
-    def __init__(self, package: ModelPackage):
+    def __init__(self, package: ModelPackage, threads: int | None = None):
         if package.folder is None or not (package.folder / ONNX_FILE).is_file():
             where = package.folder or "the model package"
             raise FileNotFoundError(f"{where} has no {ONNX_FILE}; run `kedro run --pipeline=export` first, or use "
@@ -330,8 +330,7 @@ class _OnnxRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        threads = torch.get_num_threads()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (one thread per physical core)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(package.folder / ONNX_FILE), options,
                                             providers=["CPUExecutionProvider"])
@@ -347,11 +346,12 @@ class Predictor:
     Each image is resized to the model's input size (bilinear), normalised as in training, and
     the segmentation probabilities are resized back to the image's size before thresholding.
     ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
-    PyTorch (same preprocessing and decisions).
+    PyTorch (same preprocessing and decisions), with ``onnx_threads`` intra-op threads (None:
+    onnxruntime's default, one per physical core).
     """
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
-                 backend: str = "torch"):
+                 backend: str = "torch", onnx_threads: int | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.package = package
@@ -367,7 +367,7 @@ class Predictor:
             model = package.build_model().to(self.device)
             self._run = lambda batch: tuple(model(batch.to(self.device)))
         else:
-            self._run = _OnnxRunner(package)
+            self._run = _OnnxRunner(package, threads=onnx_threads)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from defect_pipeline.config import InferenceParams
+from defect_pipeline.config import InferenceParams, RuntimeParams
 from defect_pipeline.ml import inference
 from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor
 from defect_pipeline.pipelines.model_use import apply_runtime, model_description
@@ -59,7 +59,8 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], r
     if source.startswith("default"):
         logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
                        "inference.thresholds", source)
-    predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend)
+    predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend,
+                          onnx_threads=RuntimeParams.model_validate(runtime).onnx_threads)
     result = inference.predict_files(inputs["files"], predictor, batch_size=cfg.batch_size)
     frame = result.predictions
     frame["thresholds"] = source

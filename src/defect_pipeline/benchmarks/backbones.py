@@ -1,0 +1,66 @@
+"""The result table of a ``compare_backbones`` run, as a section of docs/benchmarks.md.
+
+The comparison itself is the pipeline (``kedro run --env neu_seg --pipeline=compare_backbones``,
+equal time budget per backbone); this command copies its table and recommendations, with the
+machine and the command, into the ``backbones`` section.
+
+``python -m defect_pipeline.benchmarks backbones --project <project dir> --title "NEU-Seg (CPU)"``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.markdown import markdown_table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks backbones")
+    parser.add_argument("--project", default=".", help="project folder whose data/ holds the comparison")
+    parser.add_argument("--title", default="backbone comparison")
+    parser.add_argument("--command", default="kedro run --env neu_seg --pipeline=compare_backbones")
+    parser.add_argument("--recipe", default="conf/neu_seg/parameters_comparison.yml")
+    parser.add_argument("--doc", default="docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    out = Path(args.project) / "data/08_reporting/compare_backbones"
+    table = pd.read_csv(out / "comparison.csv")
+    markdown = (out / "comparison.md").read_text()
+    recommendations = markdown.split("## Recommendations", 1)[1].strip() if "## Recommendations" in markdown else ""
+    columns = [("backbone", "backbone", str), ("status", "status", str),
+               ("parameters_m", "parameters (M)", lambda v: f"{v:.1f}"),
+               ("epochs_run", "epochs in budget", lambda v: f"{v:.0f}"),
+               ("training_seconds", "training s", lambda v: f"{v:.0f}"),
+               ("best_val_loss", "best val loss", lambda v: f"{v:.3f}"),
+               ("best_val_combined_score", "best val combined score", lambda v: f"{100 * v:.1f} %"),
+               ("best_val_miou", "best val mIoU", lambda v: f"{100 * v:.1f} %"),
+               ("best_val_macro_f1", "best val macro F1", lambda v: f"{100 * v:.1f} %"),
+               ("train_samples_per_s", "train samples/s", lambda v: f"{v:.1f}"),
+               ("val_samples_per_s", "eval samples/s", lambda v: f"{v:.1f}"),
+               ("epoch_seconds", "epoch s", lambda v: f"{v:.0f}"),
+               ("peak_rss_mb", "peak RSS MB", lambda v: f"{v:.0f}")]
+    present = [c for c in columns if c[0] in table.columns]
+    rows = [[("–" if pd.isna(row[c]) else fmt(row[c])) for c, _, fmt in present] for _, row in table.iterrows()]
+    body = "\n".join([
+        f"## {args.title}: backbone comparison at an equal CPU budget",
+        "",
+        f"Produced by `{args.command}` (recipe: `{args.recipe}`), then `python -m defect_pipeline.benchmarks "
+        f"backbones --project {args.project}`, on {describe_machine()}. Random initialisation (the model hub is "
+        "unreachable here): the ranking says which architecture learns fastest from scratch on this data and CPU, "
+        "not which pretrained backbone is best.",
+        "",
+        markdown_table([label for _, label, _ in present], rows),
+        "",
+        "Recommendations:",
+        "",
+        recommendations,
+    ])
+    write_section(Path(args.doc), "backbones", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
