@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import signal
+import threading
 from typing import Any
 
 import mlflow
@@ -68,6 +71,17 @@ def check_model_block(model: ModelParams) -> None:
         raise ParameterError([f"model.{key}: {message}"]) from None
 
 
+def _sigterm_to_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def _end_open_runs(status: str) -> None:
+    while mlflow.active_run() is not None:
+        run_id = mlflow.active_run().info.run_id
+        mlflow.end_run(status)
+        logger.warning("MLflow run %s ended %s: the run was interrupted", run_id, status)
+
+
 class TrackingServerCheckHook:
     """An unreachable tracking server fails the run within seconds, before kedro-mlflow touches it.
 
@@ -105,9 +119,12 @@ class MlflowStageRunHook:
         self._child: tuple[str, str, set[str]] | None = None  # (node name, run id, outputs not saved yet)
         self._manifest_tagged = False
         self._manifest_hash: str | None = None
+        self._exit_handler_registered = False
+        self._previous_sigterm: Any = None
 
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._watch_interruptions()
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         names = [names] if isinstance(names, str) else names
         self._tags = reproducibility_tags(project_path=run_params.get("project_path", "."),
@@ -115,6 +132,30 @@ class MlflowStageRunHook:
         self._child, self._manifest_tagged, self._manifest_hash = None, False, None
         if mlflow.active_run() is not None:
             mlflow.set_tags(self._tags)
+
+    def _watch_interruptions(self) -> None:
+        """SIGTERM stops the run like Ctrl-C, and an interrupted run ends KILLED in MLflow.
+
+        A ``KeyboardInterrupt`` is not an ``Exception``: Kedro's error hooks do not see it and
+        MLflow's own exit handler would mark the runs FINISHED. This handler (registered after
+        MLflow's, so it runs first at exit) closes every run still open as KILLED; after a normal
+        or failed run nothing is open any more and it does nothing.
+        """
+        if not self._exit_handler_registered:
+            atexit.register(_end_open_runs, "KILLED")
+            self._exit_handler_registered = True
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if threading.current_thread() is threading.main_thread() and self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self.after_pipeline_run()
 
     def _tag_manifest(self, dataset_name: str, data: Any) -> None:
         if dataset_name != "manifest" or self._manifest_tagged or not isinstance(data, pd.DataFrame):

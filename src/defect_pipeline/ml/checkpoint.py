@@ -147,6 +147,14 @@ class CheckpointStore:
     def load(self, kind: str) -> dict[str, Any]:
         return safe_torch_load(Path(self.path) / f"{kind}.pt")
 
+    def remove_stale_temp_files(self) -> list[str]:
+        """Delete temp files a killed write left behind (``.last.pt.*.tmp``); their names."""
+        folder = Path(self.path)
+        stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return [p.name for p in stale]
+
 
 def check_compatible(checkpoint: dict[str, Any], *, backbone: str, decoder: str, seg_mode: str,
                      labels: dict[str, Any], source: str) -> None:

@@ -268,6 +268,10 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
                                  warmup_lr_ratio=config.warmup_lr_ratio, eta_min_ratio=config.eta_min_ratio)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.precision == "fp16")
 
+    stale = store.remove_stale_temp_files()
+    if stale:
+        logger.warning("removed %d temp file(s) an interrupted checkpoint write left in %s: %s", len(stale),
+                       store.path, ", ".join(stale))
     history: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     start_epoch, global_step, best, best_epoch, bad_epochs = 0, 0, None, None, 0
