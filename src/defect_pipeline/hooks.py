@@ -195,9 +195,7 @@ class MlflowStageRunHook:
                 tags.update({key: str(meta[field]) for key, field in (
                     (SOURCE_RUN_TAG, "training_run_id"), ("backbone", "backbone"),
                     (f"{TAG_PREFIX}source_stage", "stage")) if meta.get(field)})
-        if isinstance(inputs.get("manifest"), pd.DataFrame):
-            tags[f"{TAG_PREFIX}manifest_hash"] = manifest_hash(inputs["manifest"])
-        elif self._manifest_hash:  # the data this run's pipeline read or wrote
+        if self._manifest_hash:  # the data this run read or wrote (this node's manifest input is tagged already)
             tags[f"{TAG_PREFIX}manifest_hash"] = self._manifest_hash
         run = mlflow.start_run(run_name=name, nested=True, tags=tags)
         if kind in ("stage", "comparison"):  # the validated blocks, so defaults the YAML leaves out are logged too

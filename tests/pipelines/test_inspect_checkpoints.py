@@ -11,19 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import run_kedro
+from tests.conftest import CodeRunningPickle, run_kedro
 
 pytestmark = pytest.mark.slow
-
-
-class Evil:
-    """Unpickling this would create a file: the side effect that must never happen."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_inventory_lists_every_file_and_details_the_chosen_checkpoint(tiny_default_run: Path, kedro_project: Path,
@@ -36,7 +26,7 @@ def test_inventory_lists_every_file_and_details_the_chosen_checkpoint(tiny_defau
     (folder / "corrupt.pt").write_bytes(b"\x80\x04garbage")
     torch.save({"weight": torch.zeros(3)}, folder / "foreign.pt")
     marker = tmp_path / "pwned"
-    torch.save({"model": Evil(marker)}, folder / "evil.pt")
+    torch.save({"model": CodeRunningPickle(marker)}, folder / "evil.pt")
 
     run_kedro(kedro_project, "inspect_checkpoints",
               params={"inspect": {"path": str(folder), "checkpoint": "stage1/last.pt"}})

@@ -3,23 +3,14 @@ also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 — and its side effect never happe
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY, run_kedro
+from tests.conftest import TINY, CodeRunningPickle, run_kedro
 
 pytestmark = pytest.mark.slow
-
-
-class Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture
@@ -27,7 +18,7 @@ def evil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": Evil(marker), "model_meta": {}, "state_dict": Evil(marker)}, path)
+    torch.save({"model": CodeRunningPickle(marker), "model_meta": {}, "state_dict": CodeRunningPickle(marker)}, path)
     return path, marker
 
 

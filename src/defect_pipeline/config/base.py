@@ -67,6 +67,18 @@ def format_validation_error(block: str, model: type[BaseModel], error: Validatio
     return problems
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"loss": {"weighting": "fixed"}}`` → ``{"loss.weighting": "fixed"}`` (parameter blocks as dotted keys)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
 def _registry() -> dict[str, type[StrictModel]]:
     from defect_pipeline.config.data import DataParams
     from defect_pipeline.config.comparison import CompareBackbonesParams

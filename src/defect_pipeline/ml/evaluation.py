@@ -26,12 +26,13 @@ from torchmetrics.functional.classification import (
     binary_roc,
     multiclass_auroc,
     multiclass_average_precision,
+    multiclass_confusion_matrix,
 )
 from tqdm.auto import tqdm
 
 from defect_pipeline.ml.dataset import ManifestDataset
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.metrics import MultitaskMetrics
+from defect_pipeline.ml.metrics import MultitaskMetrics, f1_from_confusion
 from defect_pipeline.ml.predict import Predictor, RawOutput, Thresholds, decide
 from defect_pipeline.ml.thresholds import (
     PixelHistogram,
@@ -96,17 +97,12 @@ def _class_thresholds(class_probs: np.ndarray, targets: np.ndarray, labels: Labe
         return {}, {"used": False, "reason": "a class has no validation positives or negatives",
                     "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()}}
 
-    def macro_f1(scale: np.ndarray) -> float:
-        probs = class_probs[defect_rows, offset:]
-        predicted = offset + np.argmax(probs / scale, axis=1)
-        truth = targets[defect_rows]
-        scores = []
-        for k in range(offset, offset + len(labels.defect_classes)):
-            tp = np.sum((predicted == k) & (truth == k))
-            den = np.sum(predicted == k) + np.sum(truth == k)
-            if den:
-                scores.append(2 * tp / den)
-        return float(np.mean(scores)) if scores else 0.0
+    def macro_f1(scale: np.ndarray) -> float:  # the training metric's rule: classes that never occur left out
+        predicted = torch.from_numpy(np.argmax(class_probs[defect_rows, offset:] / scale, axis=1))
+        truth = torch.from_numpy(targets[defect_rows] - offset)
+        f1 = f1_from_confusion(multiclass_confusion_matrix(predicted, truth, num_classes=len(labels.defect_classes)))
+        present = f1[~f1.isnan()]
+        return float(present.mean()) if present.numel() else 0.0
 
     plain = macro_f1(np.ones(len(labels.defect_classes)))
     scaled = macro_f1(np.asarray([per_class[c] for c in labels.defect_classes]))

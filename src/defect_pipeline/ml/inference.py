@@ -1,7 +1,8 @@
 """Batch inference over a list of image files: one row per file, whatever happens to it.
 
 :func:`list_images` finds the images of a folder (recursively, by extension) and decides what
-to do with symlinks; :func:`predict_files` streams them through a
+to do with symlinks; :func:`predict_files` streams them (:func:`stream_predictions`, which the
+MLflow pyfunc model uses too) through a
 :class:`~defect_pipeline.ml.predict.Predictor` in batches. Every listed file ends up as a row
 with ``status`` ``ok`` (prediction columns filled), ``error`` (unreadable: the reason is in
 ``error``) or ``skipped`` (a symlink leaving the input folder, when not followed). Masks are kept
@@ -14,7 +15,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from defect_pipeline.data.imageio import load_image
 from defect_pipeline.ml.augment import overlay_mask
-from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.ml.predict import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -84,51 +85,64 @@ class InferenceResult:
     images_per_s: float = 0.0
 
 
+def stream_predictions(items: Iterable[tuple[int, Any]], predictor: Predictor, *, batch_size: int = 16
+                       ) -> Iterator[tuple[int, Prediction | None, str, tuple[int, int] | None]]:
+    """``(index, prediction or None, error, (height, width) or None)`` for each ``(index, path or image)``.
+
+    Images are read and predicted in batches of ``batch_size``; an unreadable file gives an error
+    right away, and a batch that fails is retried image by image, so one bad image never costs
+    the others their prediction. Results come per batch, not necessarily in input order.
+    """
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush(batch: list[tuple[int, np.ndarray]]) -> Iterator[tuple[int, Prediction | None, str, Any]]:
+        try:
+            predictions = predictor.predict([image for _, image in batch])
+        except Exception as error:  # noqa: BLE001 - one bad batch must not sink the others: retry one by one
+            if len(batch) == 1:
+                index, image = batch[0]
+                yield index, None, f"prediction failed: {type(error).__name__}: {error}", image.shape[:2]
+                return
+            for item in batch:
+                yield from flush([item])
+            return
+        for (index, image), prediction in zip(batch, predictions, strict=True):
+            yield index, prediction, "", image.shape[:2]
+
+    for index, item in items:
+        try:
+            image = load_image(Path(item)) if isinstance(item, str | Path) else np.asarray(item)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is a row, not a crash
+            yield index, None, f"{type(error).__name__}: {error}", None
+            continue
+        pending.append((index, image))
+        if len(pending) >= batch_size:
+            yield from flush(pending)
+            pending = []
+    if pending:
+        yield from flush(pending)
+
+
 def predict_files(files: pd.DataFrame, predictor: Predictor, *, batch_size: int = 16) -> InferenceResult:
     """Predict every ``pending`` row of ``files``; others pass through. Unreadable files become ``error`` rows."""
     rows = [dict(r) for r in files.to_dict("records")]
     masks: dict[str, bytes] = {}
-    pending: list[tuple[int, np.ndarray]] = []
+    todo = [(index, row["path"]) for index, row in enumerate(rows) if row["status"] == "pending"]
     started = time.perf_counter()
     predicted = 0
-
-    def flush() -> None:
-        nonlocal predicted
-        try:
-            predictions = predictor.predict([image for _, image in pending])
-        except Exception as error:  # noqa: BLE001 - one bad batch must not sink the others: retry one by one
-            if len(pending) == 1:
-                rows[pending[0][0]].update(status="error", error=f"prediction failed: {type(error).__name__}: {error}")
-                pending.clear()
-                return
-            batch = list(pending)
-            pending.clear()
-            for item in batch:
-                pending.append(item)
-                flush()
-            return
-        for (index, _), prediction in zip(pending, predictions, strict=True):
-            name = str(Path(rows[index]["relative_path"]).with_suffix(""))
-            masks[name] = _png(prediction.mask)
-            rows[index].update(prediction.row(), status="ok", mask_file=f"{name}.png")
-            predicted += 1
-        pending.clear()
-
-    with tqdm(total=len(rows), desc="inference", mininterval=1.0) as bar:
-        for index, row in enumerate(rows):
-            if row["status"] == "pending":
-                try:
-                    image = load_image(Path(row["path"]))
-                except Exception as error:  # noqa: BLE001 - any unreadable file is a row, not a crash
-                    row.update(status="error", error=f"{type(error).__name__}: {error}")
-                else:
-                    row.update(width=int(image.shape[1]), height=int(image.shape[0]))
-                    pending.append((index, image))
-                    if len(pending) >= batch_size:
-                        flush()
+    with tqdm(total=len(todo), desc="inference", mininterval=1.0) as bar:
+        for index, prediction, error, shape in stream_predictions(todo, predictor, batch_size=batch_size):
+            row = rows[index]
+            if shape is not None:
+                row.update(height=int(shape[0]), width=int(shape[1]))
+            if prediction is None:
+                row.update(status="error", error=error)
+            else:
+                name = str(Path(row["relative_path"]).with_suffix(""))
+                masks[name] = _png(prediction.mask)
+                row.update(prediction.row(), status="ok", mask_file=f"{name}.png")
+                predicted += 1
             bar.update()
-        if pending:
-            flush()
     seconds = time.perf_counter() - started
     frame = pd.DataFrame(rows)
     for column in COLUMNS:

@@ -22,19 +22,11 @@ from typing import Any
 
 import torch
 
+from defect_pipeline.config.base import flatten
 from defect_pipeline.ml.checkpoint import CheckpointError, read_weights_file
 from defect_pipeline.ml.schedules import dropout_at_step
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
@@ -150,7 +142,7 @@ def config_differences(state: dict[str, Any], current: dict[str, Any]) -> list[d
     for block, saved, now in pairs:
         if not isinstance(saved, dict) or not isinstance(now, dict):
             continue
-        saved_flat, now_flat = _flatten(saved), _flatten(now)
+        saved_flat, now_flat = flatten(saved), flatten(now)
         for key in sorted(set(now_flat) & set(saved_flat)):
             if saved_flat[key] != now_flat[key]:
                 differences.append({"key": f"{block}.{key}", "checkpoint": saved_flat[key], "current": now_flat[key]})

@@ -66,31 +66,16 @@ def _inputs(model_input: Any) -> tuple[list[str | None], list[Any]]:
 
 def predict_frame(predictor: Any, model_input: Any, *, batch_size: int = 16) -> pd.DataFrame:
     """Predict a DataFrame of paths or a batch of arrays; unreadable files become ``error`` rows."""
-    from defect_pipeline.data.imageio import load_image
+    from defect_pipeline.ml.inference import stream_predictions
 
     paths, items = _inputs(model_input)
-    rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        predictions = predictor.predict([image for _, image in pending])
-        for (index, _), prediction in zip(pending, predictions, strict=True):
+    rows: list[dict[str, Any]] = [{"path": path, "status": "error", "error": "",
+                                   "thresholds": predictor.thresholds.source} for path in paths]
+    for index, prediction, error, _ in stream_predictions(enumerate(items), predictor, batch_size=batch_size):
+        if prediction is None:
+            rows[index]["error"] = error
+        else:
             rows[index].update(prediction.row(), mask=prediction.mask, status="ok")
-        pending.clear()
-
-    for index, (path, item) in enumerate(zip(paths, items, strict=True)):
-        rows.append({"path": path, "status": "error", "error": "",
-                     "thresholds": predictor.thresholds.source})
-        try:
-            image = load_image(Path(item)) if isinstance(item, str | Path) else np.asarray(item)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is a row, not a crash
-            rows[index]["error"] = f"{type(error).__name__}: {error}"
-            continue
-        pending.append((index, image))
-        if len(pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
     frame = pd.DataFrame(rows)
     if paths and all(p is None for p in paths):
         frame = frame.drop(columns="path")

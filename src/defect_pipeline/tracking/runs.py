@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import mlflow
 
+from defect_pipeline.config.base import flatten
+
 logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "defect_pipeline."
@@ -74,18 +76,6 @@ def reproducibility_tags(*, project_path: str | Path, env: str | None, pipeline:
         "kedro.pipeline": pipeline,
         "command_line": " ".join(argv if argv is not None else sys.argv),
     }
-
-
-def flatten(data: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """``{"loss": {"weighting": "fixed"}}`` → ``{"loss.weighting": "fixed"}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
 
 
 STAGE_PARAM_NAMES = {"lr": "lr_head", "backbone_lr": "lr_backbone"}
