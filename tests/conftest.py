@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,11 @@ TINY = {
     "augmentation": {"preview_samples": 2, "preview_views": 2},
     "stage1": TINY_STAGE, "stage2": TINY_STAGE, "stage3": TINY_STAGE,
 }
+# the data and model part of TINY as `kedro run --params` items (for tests that start `kedro run` subprocesses)
+TINY_CLI_PARAMS = [
+    "data.demo.images_per_class=6", "data.demo.good_images=6", "data.check.num_workers=0",
+    "model.backbone=resnet18", "model.image_size=64", "model.decoder_channels=32",
+]
 NEU_SEG_ROOT = (REPO_ROOT.parent / "shared" / "datasets" / "neu_seg").resolve()
 
 
@@ -127,3 +135,42 @@ class CodeRunningPickle:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def wait_for_checkpoint_epochs(project: Path, process: subprocess.Popen, epochs: int, timeout: float = 240) -> None:
+    """Until stage1's ``last.pt`` was written ``epochs`` times by a ``kedro run`` subprocess."""
+    last = project / "data/06_models/stage1/last.pt"
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended before it was interrupted: {process.stderr.read()[-2000:]}")
+        if last.exists():
+            modified = last.stat().st_mtime_ns
+            if modified != seen:
+                seen, epochs = modified, epochs - 1
+                if epochs <= 0:
+                    return
+        time.sleep(0.05)
+    pytest.fail("no checkpoint appeared in time")
+
+
+def start_kedro(project: Path, pipeline: str, params: list[str], *, command: str = "run") -> subprocess.Popen:
+    """``kedro run --pipeline=<pipeline> --params=...`` as a subprocess of the project (no network, own MLflow db).
+
+    ``command="join-training"``: ``kedro join-training --stage=<pipeline>`` instead.
+    """
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
+           "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    target = f"--pipeline={pipeline}" if command == "run" else f"--stage={pipeline}"
+    return subprocess.Popen([sys.executable, "-m", "kedro", command, target, f"--params={','.join(params)}"],
+                            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def pipeline_runs(project: Path, pipeline: str) -> list:
+    """The project's MLflow runs (parents and children) of ``kedro run --pipeline=<pipeline>``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("defect_pipeline")
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("kedro.pipeline") == pipeline]

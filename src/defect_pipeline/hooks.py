@@ -17,6 +17,7 @@ from defect_pipeline.config import (
     ModelParams,
     ParameterError,
     StageParams,
+    TrainerParams,
     validate_parameters,
 )
 from defect_pipeline.data.manifest import manifest_hash
@@ -76,8 +77,19 @@ def _sigterm_to_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def _end_open_runs(status: str) -> None:
+    """At exit: end every run still RUNNING with ``status``.
+
+    The fluent run stack can still hold a run that is already closed: kedro-mlflow re-activates
+    its run in each node's thread and ends it once, in the main thread. Such an entry is popped
+    with the status it already has (a finished run must not turn KILLED at exit).
+    """
+    client = mlflow.MlflowClient()
     while mlflow.active_run() is not None:
         run_id = mlflow.active_run().info.run_id
+        current = client.get_run(run_id).info.status
+        if current != "RUNNING":
+            mlflow.end_run(current)
+            continue
         mlflow.end_run(status)
         logger.warning("MLflow run %s ended %s: the run was interrupted", run_id, status)
 
@@ -202,10 +214,11 @@ class MlflowStageRunHook:
             log_params(stage_params(
                 ModelParams.model_validate(model).model_dump(mode="json"),
                 StageParams.model_validate(stage_block).model_dump(mode="json"),
-                runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation")))
+                runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation"),
+                trainer=TrainerParams.model_validate(inputs.get("params:trainer") or {}).model_dump(mode="json")))
         else:
             log_params({key: value for block, params in inputs.items() if block.startswith("params:")
-                        and block not in ("params:data", "params:runtime") and isinstance(params, dict)
+                        and block not in ("params:data", "params:runtime", "params:trainer") and isinstance(params, dict)
                         for key, value in flatten(params, block[len("params:"):]).items()})
         self._child = (node.name, run.info.run_id, set(node.outputs))
         logger.info("%s: MLflow child run %s", name, run.info.run_id)

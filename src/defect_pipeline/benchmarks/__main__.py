@@ -11,6 +11,7 @@ BENCHMARKS = {
     "test_metrics": "defect_pipeline.benchmarks.test_metrics",
     "evaluation": "defect_pipeline.benchmarks.evaluation",
     "backbones": "defect_pipeline.benchmarks.backbones",
+    "distributed": "defect_pipeline.benchmarks.distributed",
 }
 
 

@@ -18,6 +18,7 @@ from defect_pipeline.config.training import (
     ModelParams,
     RuntimeParams,
     StageParams,
+    TrainerParams,
 )
 from defect_pipeline.config.data import (
     CheckParams,
@@ -41,6 +42,7 @@ __all__ = [
     "ModelParams",
     "RuntimeParams",
     "StageParams",
+    "TrainerParams",
     "CheckParams",
     "DataParams",
     "DemoParams",

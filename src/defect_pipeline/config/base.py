@@ -86,9 +86,11 @@ def _registry() -> dict[str, type[StrictModel]]:
     from defect_pipeline.config.inspection import InspectParams
     from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
     from defect_pipeline.config.tracking import CompareRunsParams
-    from defect_pipeline.config.training import AugmentationParams, ModelParams, RuntimeParams, StageParams
+    from defect_pipeline.config.training import (AugmentationParams, ModelParams, RuntimeParams, StageParams,
+                                                  TrainerParams)
 
     return {"data": DataParams, "model": ModelParams, "augmentation": AugmentationParams, "runtime": RuntimeParams,
+            "trainer": TrainerParams,
             "stage1": StageParams, "stage2": StageParams, "stage3": StageParams, "compare_runs": CompareRunsParams,
             "thresholds": ThresholdsParams, "evaluation": EvaluationParams, "inference": InferenceParams,
             "export": ExportParams, "diagnosis": DiagnosisParams, "inspect": InspectParams,

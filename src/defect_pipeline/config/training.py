@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from defect_pipeline.config.base import StrictModel
 
@@ -37,6 +37,41 @@ class RuntimeParams(StrictModel):
         None, ge=1, description="onnxruntime intra-op threads (inference.backend: onnx); null = its default "
                                 "(one per physical core)"
     )
+
+
+class TrainerParams(StrictModel):
+    """Block ``trainer``: where and how every stage trains (Lightning Fabric for more than one process).
+
+    ``devices`` is the number of processes per node (GPUs on ``cuda``, CPU processes with the
+    gloo backend on ``cpu``); ``num_nodes`` x ``devices`` processes train together, each on
+    ``stage.batch_size`` samples per step, so one optimizer step sees
+    ``batch_size x devices x num_nodes x accumulate_grad_batches`` samples (see docs/distributed.md).
+    """
+
+    accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
+    devices: int | Literal["auto"] = Field(1, description="processes per node; auto = every visible GPU (1 on CPU)")
+    strategy: Literal["auto", "ddp"] = Field(
+        "auto", description="auto = ddp when more than one process trains, else a single process")
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16/fp16 on GPUs, bf16 on CPUs only where measured faster, else fp32")
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _explain_fsdp(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower().startswith(("fsdp", "deepspeed")):
+            raise ValueError(
+                f"{value!r} is not offered: it shards the weights for models that do not fit one device, and "
+                "the largest supported backbone (DINOv2-L, 0.3 B parameters) trains under ddp on any 16 GB GPU. "
+                "Use ddp (or auto)")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"devices must be >= 1 or 'auto', got {value}")
+        return value
 
 
 class AugmentationParams(StrictModel):
@@ -95,8 +130,6 @@ class StageParams(StrictModel):
     warmup_lr_ratio: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at lr * ratio")
     eta_min_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine ends at lr * ratio")
     grad_clip: float | None = Field(1.0, gt=0.0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke tests")
@@ -106,6 +139,16 @@ class StageParams(StrictModel):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that reaches this many "
                                                                 "seconds of training (null: no limit)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key, new in (("precision", "trainer.precision"), ("device", "trainer.accelerator")):
+                if key in values:
+                    raise ValueError(f"{key!r} moved to the shared trainer block: set {new} instead "
+                                     "(every stage and process uses the same one)")
+        return values
 
     @model_validator(mode="after")
     def _init_is_known(self) -> StageParams:

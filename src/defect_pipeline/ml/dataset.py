@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from defect_pipeline.data.imageio import ImageDecodeError, load_image, load_mask
 from defect_pipeline.ml.labels import LabelSpace
@@ -317,6 +317,7 @@ def create_dataloader(
     seed: int | None,
     drop_last: bool = False,
     pin_memory: bool | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` whose order and augmentations repeat for the same ``seed`` and ``num_workers``.
 
@@ -329,7 +330,8 @@ def create_dataloader(
       resumed run equal an uninterrupted one;
     * ``num_workers == 0``: the dataset's transform is reseeded with ``seed`` here (this mutates
       ``dataset.transform``'s random state), so a fresh loader with the same seed repeats;
-    * ``pin_memory`` defaults to ``torch.cuda.is_available()``.
+    * ``pin_memory`` defaults to ``torch.cuda.is_available()``;
+    * ``sampler`` (several training processes: a shard per rank) replaces ``shuffle``.
 
     The same seed gives the same batches for a given ``num_workers``; different worker counts
     split the random streams differently, so their augmentations differ.
@@ -350,7 +352,8 @@ def create_dataloader(
     return DataLoader(
         dataset,
         batch_size=int(batch_size),
-        shuffle=bool(shuffle),
+        shuffle=bool(shuffle) if sampler is None else None,
+        sampler=sampler,
         num_workers=int(num_workers),
         generator=generator,
         worker_init_fn=seed_worker if num_workers > 0 else None,

@@ -8,10 +8,16 @@ and a :class:`~defect_pipeline.ml.checkpoint.CheckpointStore`, so the engine is 
 no-op logger and a temp folder. Resuming from ``last`` restores model, optimizer, scheduler,
 scaler, RNG states and history; the data order and augmentations of epoch ``e`` are seeded from
 ``seed + e``, so an interrupted run continues exactly as an uninterrupted one would (on CPU).
+
+The loop runs in one process or as one rank of several (``processes``, see
+:mod:`defect_pipeline.ml.distributed`): each rank trains on its shard of the training set through
+DistributedDataParallel, validation sums and confusion matrices are added up over the ranks (so
+the metrics are those of the whole validation set), and only rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -27,6 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defect_pipeline.ml.checkpoint import CheckpointStore, capture_rng_state, check_compatible, restore_rng_state
+from defect_pipeline.ml.dataset import create_dataloader
+from defect_pipeline.ml.distributed import Processes, SingleProcess, all_finite, average_gradients
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.schedules import create_scheduler, dropout_at_step
 
@@ -198,20 +206,36 @@ def _batches(loader, limit: int | None) -> Iterator[tuple[int, dict]]:
         yield index, batch
 
 
-def _seed_epoch(loader, seed: int) -> None:
-    """Make epoch ``e`` draw the same order and augmentations whether or not training resumed."""
+def _seed_epoch(loader, seed: int, epoch: int, rank: int = 0) -> None:
+    """Make epoch ``epoch`` draw the same order and augmentations whether or not training resumed.
+
+    One process: the loader's shuffle and the augmentations come from ``seed + epoch``. Several:
+    the distributed sampler reshuffles from ``(seed, epoch)`` and each rank's augmentations get
+    their own stream.
+    """
+    epoch_seed = seed + epoch + rank * 1_000_003
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
     if getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(seed)
+        loader.generator.manual_seed(epoch_seed)
     transform = getattr(loader.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
+        transform.set_random_seed(epoch_seed)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMetrics, *, device: str,
-             precision: str, step: int, total_steps: int, limit: int | None = None) -> dict[str, float]:
+             precision: str, step: int, total_steps: int, limit: int | None = None,
+             processes: Processes | None = None) -> dict[str, float]:
     """Validation loss and metrics over the loader (deterministic: no augmentation, fixed order),
-    and the evaluation throughput ``val_samples_per_s``."""
+    and the evaluation throughput ``val_samples_per_s``.
+
+    With several ``processes`` each evaluates its shard and the loss sums, sample counts and
+    confusion matrices are summed over the ranks: every rank returns the whole set's figures.
+    ``model`` must then be the unwrapped module (no collective in its forward).
+    """
+    processes = processes or SingleProcess(device)
     model.eval()
     metrics.reset()
     total, count, started = 0.0, 0, time.perf_counter()
@@ -223,8 +247,10 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMet
         total += float(loss.total.detach()) * image.shape[0]
         count += image.shape[0]
         metrics.update(out.seg_logits.float(), out.cls_logits.float(), mask, label)
+    total, count = (float(v) for v in processes.sum(torch.tensor([total, float(count)], dtype=torch.float64)))
     result = {"val_loss": total / max(count, 1)}
-    result.update({f"val_{k}": float(v) for k, v in metrics.compute().items()})
+    reduce = processes.sum if processes.world_size > 1 else None
+    result.update({f"val_{k}": float(v) for k, v in metrics.compute(reduce=reduce).items()})
     result["val_samples_per_s"] = count / max(time.perf_counter() - started, 1e-9)
     return result
 
@@ -237,7 +263,7 @@ def _is_improvement(value: float, best: float | None, mode: str, min_delta: floa
 
 def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, metrics: MultitaskMetrics,
           config: EngineConfig, store: CheckpointStore, meta: dict[str, Any],
-          training_logger: TrainingLogger | None = None) -> TrainResult:
+          training_logger: TrainingLogger | None = None, processes: Processes | None = None) -> TrainResult:
     """Train one stage, resuming from ``store``'s ``last`` checkpoint when there is one.
 
     Args:
@@ -250,8 +276,13 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         meta: what makes checkpoints self-describing: ``config`` (resolved parameters),
             ``model_meta`` (backbone, decoder, seg_mode, image_size), ``labels``,
             ``manifest_hash``, ``stage``.
-        training_logger: receives per-epoch rows and checkpoint events.
+        training_logger: receives per-epoch rows and checkpoint events (used on rank 0 only).
+        processes: the process group this rank belongs to (default: this process alone). Every
+            rank must call ``train`` with the same arguments; ``store`` must be the same folder
+            for all (a shared file system across nodes).
     """
+    processes = processes or SingleProcess(config.device)
+    main = processes.is_main
     log = training_logger or NullLogger()
     device = config.device
     monitor = f"val_{config.monitor}" if not config.monitor.startswith("val_") else config.monitor
@@ -268,7 +299,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
                                  warmup_lr_ratio=config.warmup_lr_ratio, eta_min_ratio=config.eta_min_ratio)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.precision == "fp16")
 
-    stale = store.remove_stale_temp_files()
+    stale = store.remove_stale_temp_files() if main else []
     if stale:
         logger.warning("removed %d temp file(s) an interrupted checkpoint write left in %s: %s", len(stale),
                        store.path, ", ".join(stale))
@@ -301,19 +332,21 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         resumed_from = start_epoch
         logger.info("resuming stage %s from %s (epoch %d of %d)", meta.get("stage"), store.last_path,
                     start_epoch, config.epochs)
+    # DDP wraps after the weights are restored: it broadcasts rank 0's weights to every rank
+    trained = processes.wrap(model)
 
     stopped_early = False
     stop_reason = None
     epoch = start_epoch
     run_started = time.perf_counter()
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        _seed_epoch(train_loader, config.seed + epoch)
-        model.train()
+        _seed_epoch(train_loader, config.seed, epoch, processes.rank)
+        trained.train()
         started, seen = time.perf_counter(), 0
         sums = {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=batches, desc=f"{meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
-                   disable=not config.progress, leave=False, mininterval=1.0)
+                   disable=not (config.progress and main), leave=False, mininterval=1.0)
         weights: dict[str, float] = {}
         epoch_steps: list[dict[str, Any]] = []
         accumulated_loss, accumulated_batches = 0.0, 0
@@ -321,25 +354,30 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
             # phase 1: dropout for this step (progressive: 0 until the warmup step)
             dropout = dropout_at_step(global_step, target=config.dropout_rate, warmup_step=config.dropout_warmup_step)
             model.set_dropout(dropout)
-            # phase 2: forward and loss
+            last_batch = index + 1 == batches
+            steps_now = (index + 1) % config.accumulate_grad_batches == 0 or last_batch
+            # phase 2: forward and loss (several processes: gradients are averaged only on step batches)
             image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
-            with _autocast(device, config.precision):
-                out = model(image)
-                loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label,
-                               step=global_step, total_steps=total_steps)
-            total_value = float(loss.total.detach())
-            if not math.isfinite(total_value):
+            with processes.no_sync(trained, enabled=not steps_now):
+                with _autocast(device, config.precision):
+                    out = trained(image)
+                    loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label,
+                                   step=global_step, total_steps=total_steps)
+                total_value = float(loss.total.detach())
+                finite = all_finite(processes, total_value)
+                # phase 3: backward, accumulated over accumulate_grad_batches batches
+                if finite:
+                    scaler.scale(loss.total / config.accumulate_grad_batches).backward()
+            if not finite:
                 raise NonFiniteLossError(
-                    f"non-finite loss ({total_value}) at step {global_step}, epoch {epoch}, batch {index} "
-                    f"(cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
+                    f"non-finite loss at step {global_step}, epoch {epoch}, batch {index} (this process: "
+                    f"{total_value}, cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
                     "checkpoint was written. Lower the learning rate or check this batch's images."
                 )
-            # phase 3: backward, accumulated over accumulate_grad_batches batches
-            scaler.scale(loss.total / config.accumulate_grad_batches).backward()
             accumulated_loss += total_value
             accumulated_batches += 1
-            last_batch = index + 1 == batches
-            if (index + 1) % config.accumulate_grad_batches == 0 or last_batch:
+            if steps_now:
+                average_gradients(processes, list(loss_fn.parameters()))
                 step_row: dict[str, Any] = {"step": global_step + 1, "epoch": epoch, "dropout": dropout,
                                             "train_loss": accumulated_loss / accumulated_batches}
                 step_row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
@@ -366,9 +404,13 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
             bar.update()
         bar.close()
         train_seconds = time.perf_counter() - started
+        if processes.world_size > 1:  # training figures of all ranks together
+            keys = list(sums)
+            reduced = processes.sum(torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64))
+            sums, seen = dict(zip(keys, (float(v) for v in reduced[:-1]))), int(reduced[-1])
         # phase 5: evaluate
         val = evaluate(model, loss_fn, val_loader, metrics, device=device, precision=config.precision,
-                       step=global_step, total_steps=total_steps)
+                       step=global_step, total_steps=total_steps, processes=processes)
         row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
         row.update({k: v / max(seen, 1) for k, v in sums.items()})
         row.update(val)
@@ -395,7 +437,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         if stopped_early:
             stop_reason = "early_stopping"
         elif (config.time_budget_s is not None and epoch < config.epochs
-              and time.perf_counter() - run_started >= config.time_budget_s):
+              and processes.broadcast(time.perf_counter() - run_started >= config.time_budget_s)):
             stopped_early, stop_reason = True, "time_budget"
         finished = stopped_early or epoch == config.epochs
         # phase 7: checkpoint (best when improved, last always) and log
@@ -406,12 +448,14 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
             "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
             "steps": steps, "finished": finished, "stopped_early": stopped_early,
         }
-        if improved:
-            log.log_checkpoint("best", store.save("best", state))
-        log.log_checkpoint("last", store.save("last", state))
-        if hasattr(log, "log_steps"):
-            log.log_steps(epoch_steps)
-        log.log_epoch(epoch, global_step, row)
+        if main:
+            if improved:
+                log.log_checkpoint("best", store.save("best", state))
+            log.log_checkpoint("last", store.save("last", state))
+            if hasattr(log, "log_steps"):
+                log.log_steps(epoch_steps)
+            log.log_epoch(epoch, global_step, row)
+        processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
         if stop_reason == "early_stopping":
             logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs (best %.4g at "
                         "epoch %s)", epoch, monitor, config.min_delta, config.patience, best, best_epoch)
@@ -422,3 +466,42 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
             break
     return TrainResult(history, best, best_epoch, epoch, global_step, total_steps, stopped_early,
                        resumed_from_epoch=resumed_from, steps=steps, stop_reason=stop_reason)
+
+
+@dataclass
+class TrainingJob:
+    """Everything one stage's training needs, picklable so that worker processes can receive it."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    train_set: Any  # a map-style dataset of image/mask/label samples
+    val_set: Any
+    metrics: MultitaskMetrics
+    config: EngineConfig
+    store: CheckpointStore
+    meta: dict[str, Any]
+    batch_size: int  # per process
+    num_workers: int = 0
+    training_logger: TrainingLogger | None = None
+    cpu_threads: int | None = None
+
+
+def run_training_job(processes: Processes, job: TrainingJob) -> TrainResult:
+    """Build this rank's data loaders (a shard of the data per rank) and :func:`train`.
+
+    The function :func:`defect_pipeline.ml.distributed.launch` runs on every process.
+    """
+    if job.cpu_threads is not None:
+        torch.set_num_threads(job.cpu_threads)
+    config = job.config
+    if processes.world_size > 1:
+        config = dataclasses.replace(config, device=str(processes.device))
+    per_rank = math.ceil(len(job.train_set) / processes.world_size)
+    train_loader = create_dataloader(job.train_set, batch_size=job.batch_size, shuffle=True,
+                                     num_workers=job.num_workers, seed=config.seed, drop_last=per_rank > job.batch_size,
+                                     sampler=processes.train_sampler(job.train_set, config.seed))
+    val_loader = create_dataloader(job.val_set, batch_size=job.batch_size, shuffle=False, num_workers=job.num_workers,
+                                   seed=config.seed, sampler=processes.eval_sampler(job.val_set))
+    return train(job.model, job.loss_fn, train_loader, val_loader, metrics=job.metrics, config=config,
+                 store=job.store, meta=job.meta, training_logger=job.training_logger if processes.is_main else None,
+                 processes=processes)

@@ -37,6 +37,7 @@ before the first update) is 0.0. The keys are always the same, whatever the data
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -154,14 +155,21 @@ class MultitaskMetrics:
     def _per_class(self, values: Tensor) -> list[float]:
         return [self.absent_value if math.isnan(v) else v for v in values.tolist()]
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """All metrics as floats: ``accuracy``, ``macro_f1``, ``f1/<image class>``, ``iou``, ``dice``,
-        ``iou/<seg class>``, ``miou``, ``miou_defects``, ``combined_score``."""
-        cms = self.confusion_matrices()
-        cls_cm, seg_cm = cms["cls"], cms["seg"]
+        ``iou/<seg class>``, ``miou``, ``miou_defects``, ``combined_score``.
+
+        ``reduce``: applied to both confusion matrices first — with several training processes,
+        the sum over the ranks, so the metrics are those of all ranks' samples together.
+        """
+        cls_full, seg_cm = self._cls_cm.confmat, self._seg_cm.confmat
+        if reduce is not None:
+            cls_full, seg_cm = reduce(cls_full), reduce(seg_cm)
+        n = len(self.image_classes)
+        cls_cm = cls_full[:n, :n]
         out: dict[str, float] = {}
 
-        out["accuracy"] = _safe_ratio(cls_cm.diagonal().sum(), self._cls_cm.confmat.sum())
+        out["accuracy"] = _safe_ratio(cls_cm.diagonal().sum(), cls_full.sum())
         f1 = f1_from_confusion(cls_cm)
         out["macro_f1"] = _nanmean(f1)
         for name, value in zip(self.image_classes, self._per_class(f1)):

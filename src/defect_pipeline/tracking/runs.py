@@ -82,12 +82,12 @@ STAGE_PARAM_NAMES = {"lr": "lr_head", "backbone_lr": "lr_backbone"}
 
 
 def stage_params(model: dict[str, Any], stage: dict[str, Any], runtime: dict[str, Any] | None = None,
-                 augmentation: dict[str, Any] | None = None) -> dict[str, Any]:
+                 augmentation: dict[str, Any] | None = None, trainer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The readable parameter set of a stage child run.
 
     Model keys as they are (``backbone``, ``decoder``, ``image_size`` ...), stage keys flattened
     (``epochs``, ``lr_head``, ``lr_backbone``, ``loss.weighting``, ``dropout.rate`` ...), the
-    augmentation recipe as the list of its transform names.
+    augmentation recipe as the list of its transform names, ``runtime.*`` and ``trainer.*`` as asked for.
     """
     params: dict[str, Any] = {k: v for k, v in model.items()}
     for key, value in flatten(stage).items():
@@ -96,6 +96,8 @@ def stage_params(model: dict[str, Any], stage: dict[str, Any], runtime: dict[str
         params["lr_backbone"] = params.get("lr_head")
     if runtime:
         params.update({f"runtime.{k}": v for k, v in flatten(runtime).items()})
+    if trainer:
+        params.update({f"trainer.{k}": v for k, v in flatten(trainer).items()})
     if augmentation is not None:
         recipe = augmentation.get("recipe") or []
         params["augmentation"] = ",".join(str(entry.get("name")) for entry in recipe) or "none"
@@ -122,32 +124,47 @@ def numeric_metrics(row: dict[str, Any], skip: tuple[str, ...] = ("epoch",)) -> 
 
 class MlflowTrainingLogger:
     """Per-epoch metrics (step = epoch) and per-step ``step/*`` metrics (step = optimizer step) into the
-    active MLflow run; a no-op without one."""
+    MLflow run active when the logger is created; a no-op without one.
+
+    The run is addressed by id and tracking URI, not through MLflow's per-process active run, so
+    the logger keeps working in a training worker process (it is picklable: two strings).
+    """
+
+    def __init__(self) -> None:
+        active = mlflow.active_run()
+        self.run_id: str | None = active.info.run_id if active is not None else None
+        self.tracking_uri = mlflow.get_tracking_uri()
+
+    def _client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(self.tracking_uri)
+
+    def _log(self, metrics: list[Any]) -> None:
+        for start in range(0, len(metrics), 1000):
+            self._client().log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
         logger.info("epoch %d (step %d): %s", epoch, step,
                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
-        if mlflow.active_run() is not None:
-            mlflow.log_metrics(numeric_metrics(row), step=int(epoch))
+        if self.run_id is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self._log([Metric(key, value, now, int(epoch)) for key, value in numeric_metrics(row).items()])
 
     def log_steps(self, rows: list[dict[str, Any]]) -> None:
         """Per-optimizer-step ``step/<name>`` metrics (dropout, LR per group, loss), step = global step."""
-        if mlflow.active_run() is None or not rows:
+        if self.run_id is None or not rows:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(f"step/{key}", value, now, int(row["step"]))
-                   for row in rows for key, value in numeric_metrics(row, skip=("step", "epoch")).items()]
-        client = mlflow.MlflowClient()
-        run_id = mlflow.active_run().info.run_id
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        self._log([Metric(f"step/{key}", value, now, int(row["step"]))
+                   for row in rows for key, value in numeric_metrics(row, skip=("step", "epoch")).items()])
 
     def log_checkpoint(self, kind: str, path: Path) -> None:
         logger.debug("checkpoint %s -> %s", kind, path)
-        if mlflow.active_run() is not None:
-            mlflow.set_tag(f"{TAG_PREFIX}checkpoint.{kind}", str(path))
+        if self.run_id is not None:
+            self._client().set_tag(self.run_id, f"{TAG_PREFIX}checkpoint.{kind}", str(path))
 
 
 def log_stage_result(summary: dict[str, Any]) -> None:
@@ -157,7 +174,8 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     epochs), ``best_epoch`` (epoch of the monitored metric's best), step counts and
     ``parameters_<total|trainable|frozen|backbone|head>``. The final value of every per-epoch
     metric is its latest value in MLflow (what the UI's run table shows). Tags ``decoder``,
-    ``device`` and ``precision`` record what ``auto`` resolved to.
+    ``device`` and ``precision`` record what ``auto`` resolved to; ``world_size`` and
+    ``global_batch_size`` (samples per optimizer step) how many processes trained together.
     """
     if mlflow.active_run() is None:
         return
@@ -169,6 +187,10 @@ def log_stage_result(summary: dict[str, Any]) -> None:
             metrics[key] = float(summary[key])
     for key, value in (summary.get("parameters") or {}).items():
         metrics[f"parameters_{key}"] = float(value)
+    trainer = summary.get("trainer") or {}
+    for key in ("world_size", "global_batch_size"):  # how many processes trained, samples per optimizer step
+        if trainer.get(key) is not None:
+            metrics[key] = float(trainer[key])
     mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
     tags = {f"{TAG_PREFIX}stopped_early": str(summary.get("stopped_early")).lower(),
             f"{TAG_PREFIX}already_finished": str(summary.get("already_finished")).lower()}

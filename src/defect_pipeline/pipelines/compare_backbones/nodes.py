@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from defect_pipeline.config import CompareBackbonesParams, DataParams, ModelParams
+from defect_pipeline.config import CompareBackbonesParams, DataParams, ModelParams, TrainerParams
 from defect_pipeline.markdown import markdown_table
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import labels_from_manifest
+from defect_pipeline.ml.distributed import resolve_trainer
 from defect_pipeline.ml.model import training_memory_estimate
 from defect_pipeline.pipelines.training.nodes import train_stage
 
@@ -72,7 +73,7 @@ def _result(history: pd.DataFrame, summary: dict[str, Any]) -> dict[str, Any]:
 def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                     checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
                     data: dict[str, Any], runtime: dict[str, Any], diagnosis: dict[str, Any],
-                    compare: dict[str, Any], *, slot: int) -> dict[str, Any]:
+                    trainer: dict[str, Any], compare: dict[str, Any], *, slot: int) -> dict[str, Any]:
     """Train the ``slot``-th backbone (1-based) of ``compare_backbones.backbones``; its result row."""
     cfg = CompareBackbonesParams.model_validate(compare)
     if slot > len(cfg.backbones):
@@ -82,10 +83,9 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
     base = {"slot": slot, "backbone": backbone}
     data_cfg = DataParams.model_validate(data)
     labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]), good_label=data_cfg.good_label)
-    device = "cuda" if cfg.stage.device == "auto" and torch.cuda.is_available() else cfg.stage.device
+    device = resolve_trainer(**TrainerParams.model_validate(trainer).model_dump()).accelerator
     try:
-        too_big = _memory_check(backbone, model_cfg, labels, device if device != "auto" else "cpu",
-                                cfg.memory_fraction)
+        too_big = _memory_check(backbone, model_cfg, labels, device, cfg.memory_fraction)
     except Exception as error:  # noqa: BLE001 - an unknown backbone is this candidate's failure only
         return {**base, "status": "failed", "error": f"{type(error).__name__}: {error}"}
     if too_big:
@@ -95,7 +95,7 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
     try:
         _, history, summary, *_ = train_stage(
             manifest, raw_source, scan_summary, checkpoint_dir, model_cfg.model_dump(mode="json"), augmentation,
-            data, runtime, diagnosis, cfg.stage.model_dump(mode="json"), stage_name=f"compare:{backbone}")
+            data, runtime, diagnosis, trainer, cfg.stage.model_dump(mode="json"), stage_name=f"compare:{backbone}")
     except (MemoryError, torch.OutOfMemoryError) as error:
         return {**base, "status": "failed_memory", "error": f"{type(error).__name__}: {str(error)[:300]}"}
     except Exception as error:  # noqa: BLE001 - one failure must not sink the other candidates

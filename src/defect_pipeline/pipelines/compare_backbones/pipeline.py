@@ -12,7 +12,7 @@ from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG, kind_tag
 
 NAMESPACE = "compare_backbones"
 SHARED = ("params:model", "params:augmentation", "params:data", "params:runtime", "params:diagnosis",
-          "params:compare_backbones")
+          "params:trainer", "params:compare_backbones")
 
 
 def _slot(slot: int) -> Pipeline:

@@ -10,6 +10,7 @@ everything to :func:`defect_pipeline.ml.engine.train`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ from defect_pipeline.config import (
     ModelParams,
     RuntimeParams,
     StageParams,
+    TrainerParams,
 )
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.augment import build_transform, render_preview, validate_recipe
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
 from defect_pipeline.ml.curves import plot_training_curves
 from defect_pipeline.ml.diagnosis import diagnose, render_diagnosis_markdown
-from defect_pipeline.ml.dataset import ManifestDataset, class_counts, create_dataloader, labels_from_manifest
-from defect_pipeline.ml.engine import EngineConfig, resolve_device, resolve_precision, train
+from defect_pipeline.ml.dataset import ManifestDataset, class_counts, labels_from_manifest
+from defect_pipeline.ml.distributed import TrainerSettings, launch, resolve_trainer
+from defect_pipeline.ml.engine import EngineConfig, TrainingJob, run_training_job
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
@@ -77,6 +80,11 @@ def _initial_weights(stage: str, cfg: StageParams, init_store: CheckpointStore |
     return read_weights_file(cfg.init_from), cfg.init_from
 
 
+def global_batch_size(stage: StageParams, settings: Any) -> int:
+    """Samples per optimizer step: per-process batch x processes x accumulation."""
+    return stage.batch_size * settings.world_size * stage.accumulate_grad_batches
+
+
 # history column → whether higher is better; the best of each over the epochs is in the summary
 BEST_VALUE_COLUMNS = {"val_loss": False, "val_combined_score": True, "val_miou": True, "val_macro_f1": True}
 
@@ -87,20 +95,30 @@ def _best_values(history: pd.DataFrame) -> dict[str, float]:
             if column in history.columns and history[column].notna().any()}
 
 
-def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-                checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
-                data: dict[str, Any], runtime: dict[str, Any], diagnosis: dict[str, Any], stage: dict[str, Any],
-                init_store: CheckpointStore | None = None, *, stage_name: str
-                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure, ModelPackage, pd.DataFrame, dict, str]:
-    """Train one stage.
+@dataclass
+class _StagePlan:
+    """A stage ready to train: the job every process runs, and what the outputs are built from."""
 
-    Returns the checkpoint store, the history, a summary, the curves, the best checkpoint as a
-    model package, the per-step rows and the curve diagnosis (JSON and Markdown). Epoch and step
-    metrics go to the active MLflow run (the stage's child run) as they come.
-    """
+    job: TrainingJob
+    settings: TrainerSettings
+    net: Any
+    model_cfg: ModelParams
+    cfg: StageParams
+    labels: LabelSpace
+    meta: dict[str, Any]
+    init_description: str
+
+
+def _plan_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
+                checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
+                data: dict[str, Any], runtime: dict[str, Any], trainer: dict[str, Any], stage: dict[str, Any],
+                init_store: CheckpointStore | None, stage_name: str) -> _StagePlan:
+    """Validate the blocks, decide where the weights start, build model, loss and datasets."""
     model_cfg, aug, data_cfg, cfg = (ModelParams.model_validate(model), AugmentationParams.model_validate(augmentation),
                                      DataParams.model_validate(data), StageParams.model_validate(stage))
     runtime_cfg = RuntimeParams.model_validate(runtime)
+    trainer_cfg = TrainerParams.model_validate(trainer)
+    settings = resolve_trainer(**trainer_cfg.model_dump())
     if runtime_cfg.cpu_threads is not None:
         torch.set_num_threads(runtime_cfg.cpu_threads)
     validate_recipe(aug.recipe)
@@ -138,10 +156,6 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{stage_name}: the manifest has {len(train_set)} accepted train and {len(val_set)} val "
                          "samples; both must be non-empty (run the data pipeline, check data.split)")
-    train_loader = create_dataloader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                                     seed=cfg.seed, drop_last=len(train_set) > cfg.batch_size)
-    val_loader = create_dataloader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                                   seed=cfg.seed)
 
     class_weights = None
     if cfg.loss.class_weights == "balanced":
@@ -155,12 +169,12 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
         SegmentationLoss(model_cfg.seg_mode, ce_weight=loss.ce_weight, dice_weight=loss.dice_weight),
         weighting=loss.weighting, alpha=loss.alpha, beta=loss.beta, alpha_start=loss.alpha_start,
         alpha_end=loss.alpha_end, beta_start=loss.beta_start, beta_end=loss.beta_end)
-    device = resolve_device(cfg.device)
+    device = settings.accelerator
     engine_cfg = EngineConfig(
         epochs=cfg.epochs, lr=cfg.lr, backbone_lr=cfg.backbone_lr or cfg.lr, weight_decay=cfg.weight_decay,
         warmup_epochs=cfg.warmup_epochs, warmup_lr_ratio=cfg.warmup_lr_ratio, eta_min_ratio=cfg.eta_min_ratio,
         grad_clip=cfg.grad_clip, accumulate_grad_batches=cfg.accumulate_grad_batches,
-        precision=resolve_precision(cfg.precision, device), device=device, monitor=cfg.early_stopping.monitor,
+        precision=settings.precision, device=device, monitor=cfg.early_stopping.monitor,
         mode=cfg.early_stopping.mode, patience=cfg.early_stopping.patience, min_delta=cfg.early_stopping.min_delta,
         dropout_rate=cfg.dropout.rate, dropout_warmup_step=cfg.dropout.warmup_step,
         freeze_backbone=cfg.freeze_backbone, seed=cfg.seed, max_batches_per_epoch=cfg.max_batches_per_epoch,
@@ -168,13 +182,58 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     meta = {"stage": stage_name, "model_meta": model_meta, "labels": labels.to_dict(),
             "config": {"model": model_cfg.model_dump(), "stage": cfg.model_dump(mode="json"),
                        "augmentation": aug.model_dump(mode="json")},
-            "manifest_hash": manifest_hash(manifest), "init_from": init_description}
-    logger.info("%s: %d train / %d val samples, device %s, precision %s, batch %d x %d accumulation",
-                stage_name, len(train_set), len(val_set), device, engine_cfg.precision, cfg.batch_size,
-                cfg.accumulate_grad_batches)
+            "manifest_hash": manifest_hash(manifest), "init_from": init_description,
+            "trainer": {**settings.describe(), "global_batch_size": global_batch_size(cfg, settings)}}
+    logger.info("%s: %d train / %d val samples, %s x %d process(es), precision %s, batch %d per process x %d "
+                "processes x %d accumulation = %d samples per optimizer step", stage_name, len(train_set),
+                len(val_set), device, settings.world_size, engine_cfg.precision, cfg.batch_size, settings.world_size,
+                cfg.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
     tracker = MlflowTrainingLogger()
-    result = train(net, loss_fn, train_loader, val_loader, metrics=MultitaskMetrics(labels, model_cfg.seg_mode),
-                   config=engine_cfg, store=checkpoint_dir, meta=meta, training_logger=tracker)
+    job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model_cfg.seg_mode), engine_cfg,
+                      checkpoint_dir, meta, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      training_logger=tracker, cpu_threads=runtime_cfg.cpu_threads)
+    return _StagePlan(job, settings, net, model_cfg, cfg, labels, meta, init_description)
+
+
+def join_stage_training(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
+                        checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
+                        data: dict[str, Any], runtime: dict[str, Any], trainer: dict[str, Any], stage: dict[str, Any],
+                        init_store: CheckpointStore | None = None, *, stage_name: str) -> None:
+    """Run this node's ranks of a multi-node stage whose node 0 runs ``kedro run --pipeline=<stage>``.
+
+    Builds the same job from the same inputs and parameters and writes nothing: checkpoints,
+    MLflow and the catalog outputs belong to node 0 (``kedro join-training``, docs/distributed.md).
+    """
+    plan = _plan_stage(manifest, raw_source, scan_summary, checkpoint_dir, model, augmentation, data, runtime,
+                       trainer, stage, init_store, stage_name)
+    if plan.settings.num_nodes < 2:
+        raise ValueError(f"joining {stage_name} needs trainer.num_nodes > 1 (got {plan.settings.num_nodes}); pass "
+                         "the same --env/--params as node 0's kedro run")
+    plan.job.training_logger = None
+    launch(plan.settings, run_training_job, plan.job, joining=True)
+
+
+def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
+                checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
+                data: dict[str, Any], runtime: dict[str, Any], diagnosis: dict[str, Any], trainer: dict[str, Any],
+                stage: dict[str, Any], init_store: CheckpointStore | None = None, *, stage_name: str
+                ) -> tuple[CheckpointStore, pd.DataFrame, dict, Figure, ModelPackage, pd.DataFrame, dict, str]:
+    """Train one stage.
+
+    Returns the checkpoint store, the history, a summary, the curves, the best checkpoint as a
+    model package, the per-step rows and the curve diagnosis (JSON and Markdown). Epoch and step
+    metrics go to the active MLflow run (the stage's child run) as they come.
+
+    With ``trainer.devices x trainer.num_nodes > 1`` the training itself runs in worker processes
+    launched by Lightning Fabric (:func:`defect_pipeline.ml.distributed.launch`); this node, its
+    catalog outputs and the MLflow run stay in this process, and rank 0 writes the checkpoints.
+    """
+    plan = _plan_stage(manifest, raw_source, scan_summary, checkpoint_dir, model, augmentation, data, runtime,
+                       trainer, stage, init_store, stage_name)
+    model_cfg, cfg, net, labels, meta = plan.model_cfg, plan.cfg, plan.net, plan.labels, plan.meta
+    device, engine_cfg, init_description = plan.settings.accelerator, plan.job.config, plan.init_description
+    tracker = plan.job.training_logger
+    result = launch(plan.settings, run_training_job, plan.job)
     if result.already_finished:  # nothing trained: the child run still shows the stage's curves
         tracker.log_steps(result.steps)
         for row in result.history:
@@ -183,7 +242,7 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     monitor = f"val_{cfg.early_stopping.monitor}"
     summary = {
         "stage": stage_name, "backbone": model_cfg.backbone, "decoder": net.decoder_name,
-        "device": device, "precision": engine_cfg.precision,
+        "device": device, "precision": engine_cfg.precision, "trainer": meta["trainer"],
         "init_from": init_description, "monitor": monitor, "best_metric": result.best_metric,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
         "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,

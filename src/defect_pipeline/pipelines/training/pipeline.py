@@ -10,7 +10,8 @@ from defect_pipeline.pipelines.training import nodes
 from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG
 
 STAGES: dict[str, str | None] = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
-SHARED_PARAMETERS = ("params:model", "params:augmentation", "params:data", "params:runtime", "params:diagnosis")
+SHARED_PARAMETERS = ("params:model", "params:augmentation", "params:data", "params:runtime", "params:diagnosis",
+                     "params:trainer")
 
 
 def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
