@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -92,6 +94,97 @@ def _end_open_runs(status: str) -> None:
             continue
         mlflow.end_run(status)
         logger.warning("MLflow run %s ended %s: the run was interrupted", run_id, status)
+
+
+class PreRunChecksError(RuntimeError):
+    """A run that cannot succeed, refused before any node runs (nothing written, no MLflow run)."""
+
+
+def _local_path(dataset: Any) -> Path | None:
+    """The local file or folder a catalog dataset writes, if any."""
+    path = getattr(dataset, "_filepath", None) or getattr(dataset, "_path", None)
+    if path is None or getattr(dataset, "_protocol", "file") not in ("file", None):
+        return None
+    return Path(str(path))
+
+
+def unwritable_outputs(paths: dict[str, Path]) -> list[str]:
+    """One message per output whose location cannot be created or written (dataset name → path).
+
+    The nearest existing folder above each path must be a folder and writable; a file where a
+    folder is needed, or a read-only folder, is named with the dataset that would fail on it.
+    """
+    problems: dict[Path, str] = {}
+    for name, path in sorted(paths.items()):
+        existing = next((p for p in path.parents if p.exists()), None)
+        if existing is None or existing in problems:
+            continue
+        if not existing.is_dir():
+            problems[existing] = (f"{existing} is a file, but {name} must be written into a folder there "
+                                  f"({path}): move or delete the file")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problems[existing] = (f"{existing} is not writable, and {name} is written there ({path}): fix its "
+                                  "permissions or point the catalog entry elsewhere")
+    return list(problems.values())
+
+
+def stage_start_problem(stage: str, previous_labels: dict[str, Any] | None, data_labels: dict[str, Any]) -> str | None:
+    """Why ``stage`` cannot start from the previous stage's model, or None."""
+    if previous_labels is None or previous_labels == data_labels:
+        return None
+    return (f"{stage} starts from the previous stage's model, whose classes {previous_labels} differ from the "
+            f"current data's {data_labels}: retrain the previous stage on this data (kedro run --pipeline="
+            f"stage1 ... or the whole pipeline), or set {stage}.init_from: scratch")
+
+
+class PreRunChecksHook:
+    """Checks that need the pipeline and catalog, before any node runs and before kedro-mlflow's run.
+
+    * every output location of the pipeline can be written (a file where a folder is needed, a
+      read-only folder);
+    * a stage that starts from the previous stage's model (``init_from: stageN``) when that stage
+      is not part of this run: the previous model's classes must be the current data's.
+
+    Raising in ``before_pipeline_run`` (tryfirst) stops ``kedro run`` before kedro-mlflow opens a run.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        problems = unwritable_outputs({name: path for name in sorted(pipeline.all_outputs())
+                                       if (path := _local_path(catalog.get(name))) is not None})
+        problems += self._stage_problems(pipeline, catalog)
+        if problems:
+            raise PreRunChecksError("this run cannot succeed; nothing was run:\n  - " + "\n  - ".join(problems))
+
+    @staticmethod
+    def _stage_problems(pipeline: Any, catalog: Any) -> list[str]:
+        from defect_pipeline.config import DataParams
+        from defect_pipeline.ml.dataset import labels_from_manifest
+
+        produced = pipeline.all_outputs()
+        if "scan_summary" in produced or "manifest" in produced:
+            return []  # the data is rebuilt in this run: the stage compares classes when it starts
+        problems = []
+        for node in pipeline.nodes:
+            stage = node.namespace
+            if TRACKED_STAGE_TAG not in node.tags or kind_of(node.tags) != "stage" or stage is None:
+                continue
+            cfg = StageParams.model_validate(catalog.load(f"params:{stage}"))
+            if not cfg.init_from.startswith("stage") or f"{cfg.init_from}.model" in produced:
+                continue
+            own = catalog.get(f"{stage}.checkpoint_dir")
+            if cfg.resume and own is not None and (Path(str(_local_path(own))) / "last.pt").is_file():
+                continue  # resuming this stage: its own checkpoint is checked when it loads
+            previous = catalog.get(f"{cfg.init_from}.model")
+            if previous is None or not previous.exists() or not catalog.exists("manifest"):
+                continue  # nothing to compare: the stage itself says what is missing
+            data = DataParams.model_validate(catalog.load("params:data"))
+            labels = labels_from_manifest(catalog.load("manifest"), good_label=data.good_label,
+                                          defect_classes=list(catalog.load("scan_summary")["classes"]))
+            problem = stage_start_problem(stage, previous.load().meta().get("labels"), labels.to_dict())
+            if problem:
+                problems.append(problem)
+        return problems
 
 
 class TrackingServerCheckHook:

@@ -7,10 +7,11 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from defect_pipeline.hooks import MlflowStageRunHook, ParameterValidationHook, TrackingServerCheckHook
+from defect_pipeline.hooks import MlflowStageRunHook, ParameterValidationHook, PreRunChecksHook, TrackingServerCheckHook
 
-# validation first (tryfirst), then the tracking check; kedro-mlflow's own hook comes after both
-HOOKS = (TrackingServerCheckHook(), ParameterValidationHook(), MlflowStageRunHook())
+# validation first (tryfirst), then the tracking check and the pre-run checks (outputs writable, a
+# stage's starting model matching the data); kedro-mlflow's own hook comes after them
+HOOKS = (TrackingServerCheckHook(), ParameterValidationHook(), PreRunChecksHook(), MlflowStageRunHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

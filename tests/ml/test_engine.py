@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,6 +153,50 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path, w
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
     for (name, p), q in zip(full_net.state_dict().items(), resumed_net.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+class SignalAtBatch(Squares):
+    """Squares that sends this process SIGTERM (or SIGINT) while batch ``at`` is being drawn."""
+
+    def __init__(self, at_item: int, signum: int) -> None:
+        super().__init__(24, 1)
+        self.at_item, self.signum, self.drawn = at_item, signum, 0
+
+    def __getitem__(self, i: int) -> dict:
+        self.drawn += 1
+        if self.drawn == self.at_item:
+            os.kill(os.getpid(), self.signum)
+        return super().__getitem__(i)
+
+
+# accumulating 2 batches per step, the stop waits for the step boundary after the signalled batch
+@pytest.mark.parametrize(("signum", "accumulate", "batches_done", "global_step"),
+                         [(signal.SIGTERM, 1, 3, 6 + 3), (signal.SIGINT, 2, 4, 3 + 2)])
+def test_a_signal_mid_epoch_saves_last_there_and_the_resume_equals_an_uninterrupted_run(
+        tmp_path: Path, signum: int, accumulate: int, batches_done: int, global_step: int) -> None:
+    cfg = config(epochs=3, accumulate_grad_batches=accumulate)
+    full_net, full = run(tmp_path / "full", cfg, loss_weighting="uncertainty")
+    # 6 batches of 4 per epoch: the signal arrives while epoch 2's third batch (items 33-36) is drawn
+    torch.manual_seed(0)
+    net, loss_fn = TinyNet(), make_loss("uncertainty")
+    train_loader = DataLoader(SignalAtBatch(35, signum), batch_size=4, shuffle=True,
+                              generator=torch.Generator().manual_seed(0))
+    store = CheckpointStore(str(tmp_path / "split"))
+    with pytest.raises(KeyboardInterrupt, match=rf"stopped by signal {int(signum)} at epoch 2, batch {batches_done} of 6"):
+        train(net, loss_fn, train_loader, loaders()[1], metrics=MultitaskMetrics(LABELS, "multiclass"), config=cfg,
+              store=store, meta=META)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    last = store.load("last")  # written at the signal: epoch 1 done, and epoch 2 up to a step boundary
+    assert last["epoch"] == 1 and last["partial_epoch"]["epoch"] == 2
+    assert last["partial_epoch"]["batches_done"] == batches_done and last["global_step"] == global_step
+    resumed_net, resumed = run(tmp_path / "split", cfg, loss_weighting="uncertainty")
+    assert resumed.resumed_from_epoch == 1 and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert [s["step"] for s in resumed.steps] == [s["step"] for s in full.steps]
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-7)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-7)
+    for (name, p), q in zip(full_net.state_dict().items(), resumed_net.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_finished_stage_says_so_and_does_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -22,6 +22,8 @@ import functools
 import logging
 import math
 import resource
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -224,6 +226,39 @@ def _seed_epoch(loader, seed: int, epoch: int, rank: int = 0) -> None:
         transform.set_random_seed(epoch_seed)
 
 
+class _StopRequest:
+    """Ctrl-C / SIGTERM during training: finish the batch (to an optimizer step), save ``last``, stop.
+
+    While training, in the main thread of a single-process run, the first SIGINT or SIGTERM only
+    records the request; the loop saves the state at the next optimizer-step boundary as ``last``
+    (with how far into the epoch it got) and raises ``KeyboardInterrupt``. A second signal stops
+    at once. The previous handlers are restored when training ends. Several processes: the
+    launching process stops the workers, and ``last`` is the last finished epoch.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"signal {signum} again: stopping without a last checkpoint of this step")
+        self.requested = signum
+        logger.warning("signal %d: finishing this optimizer step, saving the last checkpoint, then stopping "
+                       "(send it again to stop at once)", signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMetrics, *, device: str,
              precision: str, step: int, total_steps: int, limit: int | None = None,
@@ -243,7 +278,8 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, loader, metrics: MultitaskMet
         image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
         with _autocast(device, precision):
             out = model(image)
-            loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label, step=step, total_steps=total_steps)
+            loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label, step=step,
+                           total_steps=total_steps)
         total += float(loss.total.detach()) * image.shape[0]
         count += image.shape[0]
         metrics.update(out.seg_logits.float(), out.cls_logits.float(), mask, label)
@@ -307,6 +343,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
     steps: list[dict[str, Any]] = []
     start_epoch, global_step, best, best_epoch, bad_epochs = 0, 0, None, None, 0
     resumed_from = None
+    partial: dict[str, Any] | None = None  # an epoch interrupted after some optimizer steps
     if config.resume and store.has_last():
         state = store.load("last")
         check_compatible(state, backbone=meta["model_meta"]["backbone"], decoder=meta["model_meta"]["decoder"],
@@ -326,144 +363,178 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
+        partial = state.get("partial_epoch")
+        if partial is None:
+            restore_rng_state(state["rng"])
+        else:  # restored once the epoch's first batches_done batches were drawn again (see below)
+            partial = {**partial, "rng": state["rng"]}
         start_epoch, global_step = state["epoch"], state["global_step"]
         best, best_epoch, bad_epochs = state.get("best_metric"), state.get("best_epoch"), state.get("bad_epochs", 0)
         resumed_from = start_epoch
-        logger.info("resuming stage %s from %s (epoch %d of %d)", meta.get("stage"), store.last_path,
-                    start_epoch, config.epochs)
+        logger.info("resuming stage %s from %s (epoch %d of %d%s)", meta.get("stage"), store.last_path,
+                    start_epoch, config.epochs,
+                    f", then {partial['batches_done']} batches of epoch {partial['epoch']}" if partial else "")
     # DDP wraps after the weights are restored: it broadcasts rank 0's weights to every rank
     trained = processes.wrap(model)
+
+    def checkpoint(epoch_done: int, **extra: Any) -> dict[str, Any]:
+        return {**meta, "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state(),
+                "epoch": epoch_done, "global_step": global_step, "total_steps": total_steps, "monitor": monitor,
+                "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
+                "steps": steps, "finished": False, "stopped_early": False, **extra}
 
     stopped_early = False
     stop_reason = None
     epoch = start_epoch
     run_started = time.perf_counter()
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        _seed_epoch(train_loader, config.seed, epoch, processes.rank)
-        trained.train()
-        started, seen = time.perf_counter(), 0
-        sums = {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=batches, desc=f"{meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
-                   disable=not (config.progress and main), leave=False, mininterval=1.0)
-        weights: dict[str, float] = {}
-        epoch_steps: list[dict[str, Any]] = []
-        accumulated_loss, accumulated_batches = 0.0, 0
-        for index, batch in _batches(train_loader, config.max_batches_per_epoch):
-            # phase 1: dropout for this step (progressive: 0 until the warmup step)
-            dropout = dropout_at_step(global_step, target=config.dropout_rate, warmup_step=config.dropout_warmup_step)
-            model.set_dropout(dropout)
-            last_batch = index + 1 == batches
-            steps_now = (index + 1) % config.accumulate_grad_batches == 0 or last_batch
-            # phase 2: forward and loss (several processes: gradients are averaged only on step batches)
-            image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
-            with processes.no_sync(trained, enabled=not steps_now):
-                with _autocast(device, config.precision):
-                    out = trained(image)
-                    loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label,
-                                   step=global_step, total_steps=total_steps)
-                total_value = float(loss.total.detach())
-                finite = all_finite(processes, total_value)
-                # phase 3: backward, accumulated over accumulate_grad_batches batches
-                if finite:
-                    scaler.scale(loss.total / config.accumulate_grad_batches).backward()
-            if not finite:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {global_step}, epoch {epoch}, batch {index} (this process: "
-                    f"{total_value}, cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
-                    "checkpoint was written. Lower the learning rate or check this batch's images."
-                )
-            accumulated_loss += total_value
-            accumulated_batches += 1
-            if steps_now:
-                average_gradients(processes, list(loss_fn.parameters()))
-                step_row: dict[str, Any] = {"step": global_step + 1, "epoch": epoch, "dropout": dropout,
-                                            "train_loss": accumulated_loss / accumulated_batches}
-                step_row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
-                epoch_steps.append(step_row)
-                accumulated_loss, accumulated_batches = 0.0, 0
-                # phase 4: clip, step, schedule
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip,
-                        error_if_nonfinite=config.precision != "fp16")
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                global_step += 1
-            n = image.shape[0]
-            seen += n
-            sums["train_loss"] += total_value * n
-            sums["train_cls_loss"] += float(loss.cls) * n
-            sums["train_seg_loss"] += float(loss.seg) * n
-            weights = loss.weights
-            bar.set_postfix(loss=f"{total_value:.4f}")
-            bar.update()
-        bar.close()
-        train_seconds = time.perf_counter() - started
-        if processes.world_size > 1:  # training figures of all ranks together
-            keys = list(sums)
-            reduced = processes.sum(torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64))
-            sums, seen = dict(zip(keys, (float(v) for v in reduced[:-1]))), int(reduced[-1])
-        # phase 5: evaluate
-        val = evaluate(model, loss_fn, val_loader, metrics, device=device, precision=config.precision,
-                       step=global_step, total_steps=total_steps, processes=processes)
-        row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
-        row.update({k: v / max(seen, 1) for k, v in sums.items()})
-        row.update(val)
-        for group in optimizer.param_groups:
-            row[f"lr_{group['name']}"] = group["lr"]
-        row["dropout"] = dropout_at_step(max(global_step - 1, 0), target=config.dropout_rate,
-                                         warmup_step=config.dropout_warmup_step)
-        row.update({f"loss_weight_{k}": float(v) for k, v in weights.items()})
-        steps.extend(epoch_steps)
-        row["epoch_seconds"] = time.perf_counter() - started
-        row["train_samples_per_s"] = seen / max(train_seconds, 1e-9)
-        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if torch.cuda.is_available() and device.startswith("cuda"):
-            row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        history.append(row)
-        # phase 6: early stopping bookkeeping
-        value = float(row.get(monitor, float("nan")))
-        improved = _is_improvement(value, best, config.mode, config.min_delta)
-        if improved:
-            best, best_epoch, bad_epochs = value, epoch, 0
-        else:
-            bad_epochs += 1
-        stopped_early = bad_epochs >= config.patience and epoch < config.epochs
-        if stopped_early:
-            stop_reason = "early_stopping"
-        elif (config.time_budget_s is not None and epoch < config.epochs
-              and processes.broadcast(time.perf_counter() - run_started >= config.time_budget_s)):
-            stopped_early, stop_reason = True, "time_budget"
-        finished = stopped_early or epoch == config.epochs
-        # phase 7: checkpoint (best when improved, last always) and log
-        state = {
-            **meta, "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state(),
-            "epoch": epoch, "global_step": global_step, "total_steps": total_steps, "monitor": monitor,
-            "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-            "steps": steps, "finished": finished, "stopped_early": stopped_early,
-        }
-        if main:
+    with _StopRequest(enabled=processes.world_size == 1) as stop:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            _seed_epoch(train_loader, config.seed, epoch, processes.rank)
+            trained.train()
+            started, seen = time.perf_counter(), 0
+            sums = {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
+            optimizer.zero_grad(set_to_none=True)
+            bar = tqdm(total=batches, desc=f"{meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
+                       disable=not (config.progress and main), leave=False, mininterval=1.0)
+            weights: dict[str, float] = {}
+            epoch_steps: list[dict[str, Any]] = []
+            accumulated_loss, accumulated_batches = 0.0, 0
+            skip, seen_before = 0, 0
+            if partial is not None and partial["epoch"] == epoch:  # continue an interrupted epoch
+                skip, sums, seen = partial["batches_done"], dict(partial["sums"]), partial["seen"]
+                epoch_steps, weights, seen_before = list(partial["steps"]), dict(partial["weights"]), partial["seen"]
+            for index, batch in _batches(train_loader, config.max_batches_per_epoch):
+                if index < skip:  # drawn again (same order, same augmentation draws), not trained on again
+                    if index == skip - 1:
+                        restore_rng_state(partial["rng"])  # the global RNG as it was after that batch's step
+                    bar.update()
+                    continue
+                # phase 1: dropout for this step (progressive: 0 until the warmup step)
+                dropout = dropout_at_step(global_step, target=config.dropout_rate,
+                                          warmup_step=config.dropout_warmup_step)
+                model.set_dropout(dropout)
+                last_batch = index + 1 == batches
+                steps_now = (index + 1) % config.accumulate_grad_batches == 0 or last_batch
+                # phase 2: forward and loss (several processes: gradients are averaged only on step batches)
+                image, mask, label = (batch[k].to(device) for k in ("image", "mask", "label"))
+                with processes.no_sync(trained, enabled=not steps_now):
+                    with _autocast(device, config.precision):
+                        out = trained(image)
+                        loss = loss_fn(out.seg_logits.float(), out.cls_logits.float(), mask, label,
+                                       step=global_step, total_steps=total_steps)
+                    total_value = float(loss.total.detach())
+                    finite = all_finite(processes, total_value)
+                    # phase 3: backward, accumulated over accumulate_grad_batches batches
+                    if finite:
+                        scaler.scale(loss.total / config.accumulate_grad_batches).backward()
+                if not finite:
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {global_step}, epoch {epoch}, batch {index} (this process: "
+                        f"{total_value}, cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not "
+                        "updated and no "
+                        "checkpoint was written. Lower the learning rate or check this batch's images."
+                    )
+                accumulated_loss += total_value
+                accumulated_batches += 1
+                if steps_now:
+                    average_gradients(processes, list(loss_fn.parameters()))
+                    step_row: dict[str, Any] = {"step": global_step + 1, "epoch": epoch, "dropout": dropout,
+                                                "train_loss": accumulated_loss / accumulated_batches}
+                    step_row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+                    epoch_steps.append(step_row)
+                    accumulated_loss, accumulated_batches = 0.0, 0
+                    # phase 4: clip, step, schedule
+                    if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip,
+                            error_if_nonfinite=config.precision != "fp16")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    global_step += 1
+                n = image.shape[0]
+                seen += n
+                sums["train_loss"] += total_value * n
+                sums["train_cls_loss"] += float(loss.cls) * n
+                sums["train_seg_loss"] += float(loss.seg) * n
+                weights = loss.weights
+                bar.set_postfix(loss=f"{total_value:.4f}")
+                bar.update()
+                if stop.requested and steps_now:  # a step boundary: save where the next batch would start
+                    state = checkpoint(epoch - 1, partial_epoch={
+                        "epoch": epoch, "batches_done": index + 1, "sums": sums, "seen": seen, "steps": epoch_steps,
+                        "weights": {k: float(v) for k, v in weights.items()}})
+                    log.log_checkpoint("last", store.save("last", state))
+                    message = (f"stopped by signal {stop.requested} at epoch {epoch}, batch {index + 1} of {batches}: "
+                               f"{store.last_path} holds the state after optimizer step {global_step}; run the stage "
+                               "again to continue from there")
+                    logger.warning(message)  # the CLI prints only "Aborted!" for a KeyboardInterrupt
+                    raise KeyboardInterrupt(message)
+            bar.close()
+            train_seconds = time.perf_counter() - started
+            if processes.world_size > 1:  # training figures of all ranks together
+                keys = list(sums)
+                reduced = processes.sum(torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64))
+                sums, seen = dict(zip(keys, (float(v) for v in reduced[:-1]))), int(reduced[-1])
+            # phase 5: evaluate
+            val = evaluate(model, loss_fn, val_loader, metrics, device=device, precision=config.precision,
+                           step=global_step, total_steps=total_steps, processes=processes)
+            row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
+            row.update({k: v / max(seen, 1) for k, v in sums.items()})
+            row.update(val)
+            for group in optimizer.param_groups:
+                row[f"lr_{group['name']}"] = group["lr"]
+            row["dropout"] = dropout_at_step(max(global_step - 1, 0), target=config.dropout_rate,
+                                             warmup_step=config.dropout_warmup_step)
+            row.update({f"loss_weight_{k}": float(v) for k, v in weights.items()})
+            steps.extend(epoch_steps)
+            row["epoch_seconds"] = time.perf_counter() - started
+            row["train_samples_per_s"] = (seen - seen_before) / max(train_seconds, 1e-9)
+            row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            if torch.cuda.is_available() and device.startswith("cuda"):
+                row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            history.append(row)
+            # phase 6: early stopping bookkeeping
+            value = float(row.get(monitor, float("nan")))
+            improved = _is_improvement(value, best, config.mode, config.min_delta)
             if improved:
-                log.log_checkpoint("best", store.save("best", state))
-            log.log_checkpoint("last", store.save("last", state))
-            if hasattr(log, "log_steps"):
-                log.log_steps(epoch_steps)
-            log.log_epoch(epoch, global_step, row)
-        processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
-        if stop_reason == "early_stopping":
-            logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs (best %.4g at "
-                        "epoch %s)", epoch, monitor, config.min_delta, config.patience, best, best_epoch)
-            break
-        if stop_reason == "time_budget":
-            logger.info("time budget of %.0f s reached after epoch %d of %d (best %s %.4g at epoch %s)",
-                        config.time_budget_s, epoch, config.epochs, monitor, best, best_epoch)
-            break
+                best, best_epoch, bad_epochs = value, epoch, 0
+            else:
+                bad_epochs += 1
+            stopped_early = bad_epochs >= config.patience and epoch < config.epochs
+            if stopped_early:
+                stop_reason = "early_stopping"
+            elif (config.time_budget_s is not None and epoch < config.epochs
+                  and processes.broadcast(time.perf_counter() - run_started >= config.time_budget_s)):
+                stopped_early, stop_reason = True, "time_budget"
+            finished = stopped_early or epoch == config.epochs
+            # phase 7: checkpoint (best when improved, last always) and log
+            state = checkpoint(epoch, finished=finished, stopped_early=stopped_early)
+            if main:
+                if improved:
+                    log.log_checkpoint("best", store.save("best", state))
+                log.log_checkpoint("last", store.save("last", state))
+                if hasattr(log, "log_steps"):
+                    log.log_steps(epoch_steps)
+                log.log_epoch(epoch, global_step, row)
+            processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
+            if stop.requested:  # signalled during validation or the checkpoint: last.pt is this epoch's end
+                message = (f"stopped by signal {stop.requested} after epoch {epoch}: {store.last_path} holds its "
+                           "end; run the stage again to continue")
+                logger.warning(message)
+                raise KeyboardInterrupt(message)
+            if stop_reason == "early_stopping":
+                logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs "
+                            "(best %.4g at "
+                            "epoch %s)", epoch, monitor, config.min_delta, config.patience, best, best_epoch)
+                break
+            if stop_reason == "time_budget":
+                logger.info("time budget of %.0f s reached after epoch %d of %d (best %s %.4g at epoch %s)",
+                            config.time_budget_s, epoch, config.epochs, monitor, best, best_epoch)
+                break
     return TrainResult(history, best, best_epoch, epoch, global_step, total_steps, stopped_early,
                        resumed_from_epoch=resumed_from, steps=steps, stop_reason=stop_reason)
 
