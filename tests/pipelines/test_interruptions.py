@@ -95,6 +95,18 @@ def test_sigterm_mid_epoch_saves_last_there_and_the_rerun_equals_an_uninterrupte
     _resume_and_compare(kedro_project, reference_weights, resumed_from=done)
 
 
+def test_sigkill_mid_epoch_loses_at_most_one_epoch_and_the_rerun_equals_an_uninterrupted_run(
+        kedro_project: Path, reference_weights: dict[str, torch.Tensor]) -> None:
+    run_kedro(kedro_project, "data", params=TINY)
+    process = start_kedro(kedro_project, "stage1", CLI_PARAMS)
+    wait_for_checkpoint_epochs(kedro_project, process, 2)
+    process.kill()
+    process.wait(timeout=60)
+    done = CheckpointStore(kedro_project / "data/06_models/stage1").load("last")["epoch"]
+    assert done >= 2 and "partial_epoch" not in CheckpointStore(kedro_project / "data/06_models/stage1").load("last")
+    _resume_and_compare(kedro_project, reference_weights, resumed_from=done)
+
+
 def test_sigkill_inside_a_checkpoint_write_leaves_whole_files_and_the_rerun_equals_an_uninterrupted_run(
         kedro_project: Path, reference_weights: dict[str, torch.Tensor], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
