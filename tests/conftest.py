@@ -108,8 +108,9 @@ def neu_seg_root() -> Path:
     return NEU_SEG_ROOT
 
 
-def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0):
-    """A randomly initialised resnet18 + FPN model package at 64 px (no training), for prediction tests."""
+def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0,
+                      backbone: str = "resnet18", image_size: int = 64):
+    """A randomly initialised model package (resnet18 + FPN at 64 px by default; no training), for prediction tests."""
     import torch
 
     from defect_pipeline.ml.model import create_model
@@ -117,12 +118,12 @@ def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, 
 
     torch.manual_seed(seed)
     with pytest.warns(UserWarning, match="random initialisation"):
-        net = create_model("resnet18", num_image_classes=labels.num_image_classes,
+        net = create_model(backbone, num_image_classes=labels.num_image_classes,
                            num_seg_classes=labels.num_seg_classes, seg_mode=seg_mode, decoder_channels=32,
-                           image_size=64)
+                           image_size=image_size)
     state = {"model": net.state_dict(), "labels": labels.to_dict(), "stage": "stage1", "epoch": 3,
-             "model_meta": {"backbone": "resnet18", "decoder": net.decoder_name, "seg_mode": seg_mode,
-                            "image_size": 64},
+             "model_meta": {"backbone": backbone, "decoder": net.decoder_name, "seg_mode": seg_mode,
+                            "image_size": image_size},
              "config": {"model": {"decoder_channels": 32}}, "manifest_hash": "abc"}
     return ModelPackage.from_checkpoint(state, source="best.pt", thresholds=thresholds)
 

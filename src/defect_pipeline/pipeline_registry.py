@@ -1,14 +1,16 @@
 """Project pipelines: data, augmentation, stage1-3, training, thresholds, evaluate, inference, export,
-compare_runs, diagnose, inspect_checkpoints, compare_backbones."""
+compare_runs, diagnose, inspect_checkpoints, compare_backbones, ensemble, advise."""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from defect_pipeline.pipelines.advise import create_pipeline as create_advise_pipeline
 from defect_pipeline.pipelines.compare_backbones import create_pipeline as create_compare_backbones_pipeline
 from defect_pipeline.pipelines.compare_runs import create_pipeline as create_compare_runs_pipeline
 from defect_pipeline.pipelines.data import create_pipeline as create_data_pipeline
 from defect_pipeline.pipelines.diagnose import create_pipeline as create_diagnose_pipeline
+from defect_pipeline.pipelines.ensemble import create_pipeline as create_ensemble_pipeline
 from defect_pipeline.pipelines.evaluate import create_pipeline as create_evaluate_pipeline
 from defect_pipeline.pipelines.export import create_pipeline as create_export_pipeline
 from defect_pipeline.pipelines.inference import create_pipeline as create_inference_pipeline
@@ -24,7 +26,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``__default__``: data → preview → stage1 → stage2 → stage3 → thresholds → evaluate → inference
     on the test split. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX),
     ``compare_runs`` (reads MLflow), ``diagnose`` (any history.csv), ``inspect_checkpoints`` and
-    ``compare_backbones`` run on request.
+    ``compare_backbones``, ``ensemble`` and ``advise`` run on request.
     """
     stages = {name: create_stage_pipeline(name, previous) for name, previous in STAGES.items()}
     pipelines: dict[str, Pipeline] = {
@@ -42,4 +44,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["diagnose"] = create_diagnose_pipeline()
     pipelines["inspect_checkpoints"] = create_inspect_pipeline()
     pipelines["compare_backbones"] = create_compare_backbones_pipeline()
+    pipelines["ensemble"] = create_ensemble_pipeline()
+    pipelines["advise"] = create_advise_pipeline()
     return pipelines

@@ -72,3 +72,14 @@ def test_validated_config_is_frozen() -> None:
     params = validate_parameters({"data": {}})["data"]
     with pytest.raises(Exception):
         params.raw_root = "elsewhere"  # type: ignore[misc]
+
+
+def test_ensemble_block_checks_weights_and_flips() -> None:
+    from defect_pipeline.config import ParameterError, validate_parameters
+
+    with pytest.raises(ParameterError, match="ensemble: .*weights has 1 values for 2 members"):
+        validate_parameters({"ensemble": {"members": ["a", "b"], "weights": [1.0]}})
+    with pytest.raises(ParameterError, match="ensemble.tta"):
+        validate_parameters({"ensemble": {"members": ["a"], "tta": ["rotate"]}})
+    with pytest.raises(ParameterError, match="tta lists a flip twice"):
+        validate_parameters({"ensemble": {"members": ["a"], "tta": ["hflip", "hflip"]}})

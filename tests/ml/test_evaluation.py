@@ -3,8 +3,6 @@ way the scores dictate, and summary.json must hold both operating points."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -42,7 +40,7 @@ class UnderConfidentModel:
     defect pixels get probability 0.35 (below the default 0.5), and one stray pixel 0.45."""
 
     labels = LABELS
-    package = SimpleNamespace(meta={"seg_mode": "multiclass"})
+    seg_mode = "multiclass"
 
     def probabilities(self, images: list[np.ndarray]) -> list[RawOutput]:
         out = []

@@ -8,6 +8,7 @@ markers), leaving the other sections alone.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -44,3 +45,15 @@ def write_section(doc: Path, name: str, body: str) -> None:
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(doc)
+
+
+def project_report_arguments(name: str, argv: list[str] | None, *, title: str, command: str,
+                             recipe: str) -> argparse.Namespace:
+    """Arguments of the commands that copy a pipeline's result table from a project into a section."""
+    parser = argparse.ArgumentParser(prog=f"python -m defect_pipeline.benchmarks {name}")
+    parser.add_argument("--project", default=".", help="project folder whose data/ holds the run's outputs")
+    parser.add_argument("--title", default=title)
+    parser.add_argument("--command", default=command, help="the command that produced the outputs")
+    parser.add_argument("--recipe", default=recipe, help="the parameters file of that run")
+    parser.add_argument("--doc", default="docs/benchmarks.md")
+    return parser.parse_args(argv)

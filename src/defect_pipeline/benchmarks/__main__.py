@@ -12,6 +12,7 @@ BENCHMARKS = {
     "evaluation": "defect_pipeline.benchmarks.evaluation",
     "backbones": "defect_pipeline.benchmarks.backbones",
     "distributed": "defect_pipeline.benchmarks.distributed",
+    "ensemble": "defect_pipeline.benchmarks.ensemble",
 }
 
 

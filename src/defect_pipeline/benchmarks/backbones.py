@@ -9,23 +9,18 @@ machine and the command, into the ``backbones`` section.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.benchmarks import describe_machine, project_report_arguments, write_section
 from defect_pipeline.markdown import markdown_table
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks backbones")
-    parser.add_argument("--project", default=".", help="project folder whose data/ holds the comparison")
-    parser.add_argument("--title", default="backbone comparison")
-    parser.add_argument("--command", default="kedro run --env neu_seg --pipeline=compare_backbones")
-    parser.add_argument("--recipe", default="conf/neu_seg/parameters_comparison.yml")
-    parser.add_argument("--doc", default="docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = project_report_arguments("backbones", argv, title="backbone comparison",
+                                    command="kedro run --env neu_seg --pipeline=compare_backbones",
+                                    recipe="conf/neu_seg/parameters_comparison.yml")
     out = Path(args.project) / "data/08_reporting/compare_backbones"
     table = pd.read_csv(out / "comparison.csv")
     markdown = (out / "comparison.md").read_text()

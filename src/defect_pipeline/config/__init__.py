@@ -10,7 +10,13 @@ from defect_pipeline.config.base import ParameterError, validate_parameters
 from defect_pipeline.config.comparison import CompareBackbonesParams
 from defect_pipeline.config.diagnostics import DiagnosisParams
 from defect_pipeline.config.inspection import InspectParams
-from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
+from defect_pipeline.config.evaluation import (
+    EnsembleParams,
+    EvaluationParams,
+    ExportParams,
+    InferenceParams,
+    ThresholdsParams,
+)
 from defect_pipeline.config.tracking import CompareRunsParams
 from defect_pipeline.config.training import (
     AugmentationParams,
@@ -33,6 +39,7 @@ __all__ = [
     "CompareBackbonesParams",
     "CompareRunsParams",
     "DiagnosisParams",
+    "EnsembleParams",
     "EvaluationParams",
     "ExportParams",
     "InspectParams",

@@ -84,7 +84,8 @@ def _registry() -> dict[str, type[StrictModel]]:
     from defect_pipeline.config.comparison import CompareBackbonesParams
     from defect_pipeline.config.diagnostics import DiagnosisParams
     from defect_pipeline.config.inspection import InspectParams
-    from defect_pipeline.config.evaluation import EvaluationParams, ExportParams, InferenceParams, ThresholdsParams
+    from defect_pipeline.config.evaluation import (EnsembleParams, EvaluationParams, ExportParams, InferenceParams,
+                                                   ThresholdsParams)
     from defect_pipeline.config.tracking import CompareRunsParams
     from defect_pipeline.config.training import (AugmentationParams, ModelParams, RuntimeParams, StageParams,
                                                   TrainerParams)
@@ -94,7 +95,7 @@ def _registry() -> dict[str, type[StrictModel]]:
             "stage1": StageParams, "stage2": StageParams, "stage3": StageParams, "compare_runs": CompareRunsParams,
             "thresholds": ThresholdsParams, "evaluation": EvaluationParams, "inference": InferenceParams,
             "export": ExportParams, "diagnosis": DiagnosisParams, "inspect": InspectParams,
-            "compare_backbones": CompareBackbonesParams}
+            "compare_backbones": CompareBackbonesParams, "ensemble": EnsembleParams}
 
 
 def validate_parameters(params: Mapping[str, Any]) -> dict[str, StrictModel]:

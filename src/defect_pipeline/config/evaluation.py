@@ -54,15 +54,39 @@ class InferenceParams(StrictModel):
 
     input_dir: str | None = Field(None, description="folder of images (searched recursively); "
                                                     "null in `kedro run`: the manifest's test split")
-    checkpoint: str | None = Field(None, description="a model package folder or a best.pt/last.pt; "
-                                                     "null: the tuned model (data/06_models/tuned)")
+    checkpoint: str | None = Field(None, description="a model package folder, a best.pt/last.pt, or a tuned "
+                                                     "ensemble.json; null: the tuned model (data/06_models/tuned)")
     thresholds: ThresholdOverrides = ThresholdOverrides()
     backend: Literal["torch", "onnx"] = "torch"
     batch_size: int = Field(16, ge=1)
     write_masks: bool = True
     write_overlays: bool = True
     follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
+    tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips for a single model (an "
+                                                                 "ensemble.json brings its own)")
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"]
+
+
+class EnsembleParams(StrictModel):
+    """Block ``ensemble``: several models averaged, and/or test-time flips (``kedro run --pipeline=ensemble``)."""
+
+    members: list[str] = Field(
+        [], description="model package folders, best.pt/last.pt files, MLflow run ids or runs:/ / models:/ URIs; "
+                        "one member = test-time augmentation of a single model")
+    weights: list[float] | None = Field(None, description="one per member (normalised); null = equal")
+    tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips, averaged back in mask space")
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> EnsembleParams:
+        if self.weights is not None and len(self.weights) != len(self.members):
+            raise ValueError(f"weights has {len(self.weights)} values for {len(self.members)} members")
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError("weights must be non-negative with a positive sum")
+        if len(set(self.tta)) != len(self.tta):
+            raise ValueError(f"tta lists a flip twice: {self.tta}")
+        return self
 
 
 class ExportParams(StrictModel):

@@ -253,7 +253,7 @@ def evaluate_split(dataset: ManifestDataset, predictor: Predictor, *, tuned: Thr
     """Metrics at fixed (0.5) and tuned thresholds in one pass, threshold-free AUROC/AP, the k worst images."""
     labels = predictor.labels
     fixed = fixed or Thresholds()
-    seg_mode = predictor.package.meta["seg_mode"]
+    seg_mode = predictor.seg_mode
     metrics = {"fixed": MultitaskMetrics(labels, seg_mode), "thresholded": MultitaskMetrics(labels, seg_mode)}
     class_rows, targets, worst_heap = [], [], []
     for _, mask, target, index, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,

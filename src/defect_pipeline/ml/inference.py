@@ -181,5 +181,6 @@ def summary(result: InferenceResult, *, thresholds: dict[str, Any], thresholds_s
         "seconds": round(result.seconds, 3), "images_per_s": round(result.images_per_s, 2), "backend": backend,
         "thresholds": thresholds, "thresholds_source": thresholds_source,
         "model": {k: model.get(k) for k in ("backbone", "decoder", "image_size", "stage", "weights_sha256",
-                                            "mlflow_run_id", "source_checkpoint")},
+                                            "mlflow_run_id", "source_checkpoint", "tta", "ensemble", "variant",
+                                            "members", "weights") if k in model},
     }

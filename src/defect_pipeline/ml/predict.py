@@ -340,7 +340,37 @@ class _OnnxRunner:
         return torch.from_numpy(seg), torch.from_numpy(cls)
 
 
-class Predictor:
+# test-time augmentation: flip name → the dimensions of an (N, C, H, W) batch it flips
+TTA_FLIPS = {"hflip": (3,), "vflip": (2,)}
+
+
+def check_tta(tta: Sequence[str]) -> tuple[str, ...]:
+    unknown = [t for t in tta if t not in TTA_FLIPS]
+    if unknown:
+        raise ValueError(f"unknown test-time augmentation {unknown}; use any of {sorted(TTA_FLIPS)}")
+    if len(set(tta)) != len(tta):
+        raise ValueError(f"test-time augmentation lists a flip twice: {list(tta)}")
+    return tuple(tta)
+
+
+class _Decisions:
+    """Thresholded decisions on top of ``probabilities`` (single models and ensembles alike)."""
+
+    labels: LabelSpace
+    thresholds: Thresholds
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
+        raise NotImplementedError
+
+    def decide(self, raw: RawOutput, thresholds: Thresholds | None = None) -> Prediction:
+        return decide(raw, self.labels, thresholds or self.thresholds)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for a batch of images (any size, grayscale/RGB/RGBA, uint8/uint16/float)."""
+        return [self.decide(raw) for raw in self.probabilities(images)]
+
+
+class Predictor(_Decisions):
     """Batched prediction of a :class:`ModelPackage` on images of any size.
 
     Each image is resized to the model's input size (bilinear), normalised as in training, and
@@ -348,10 +378,14 @@ class Predictor:
     ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
     PyTorch (same preprocessing and decisions), with ``onnx_threads`` intra-op threads (None:
     onnxruntime's default, one per physical core).
+
+    ``tta``: test-time flips (``hflip``, ``vflip``). Each flipped batch is predicted, its
+    probabilities flipped back, and all views (the plain one included) averaged, in mask space
+    at the model's input size, before resizing to the image — 1 + len(tta) forward passes.
     """
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
-                 backend: str = "torch", onnx_threads: int | None = None):
+                 backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = ()):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.package = package
@@ -360,7 +394,9 @@ class Predictor:
         self.device = device if backend == "torch" else "cpu"
         self.backend = backend
         self.image_size = int(package.meta["image_size"])
-        self._binary = package.meta["seg_mode"] == "binary"
+        self.seg_mode = package.meta["seg_mode"]
+        self.tta = check_tta(tta)
+        self._binary = self.seg_mode == "binary"
         self._mean = np.asarray(package.meta.get("mean", IMAGENET_MEAN), dtype=np.float32) * 255.0
         self._std = np.asarray(package.meta.get("std", IMAGENET_STD), dtype=np.float32) * 255.0
         if backend == "torch":
@@ -385,9 +421,14 @@ class Predictor:
         if len(images) == 0:
             return []
         rgb = [as_rgb_uint8(image) for image in images]
-        seg, cls = self._run(torch.stack([self.preprocess(image) for image in rgb]))
-        class_probs = torch.softmax(cls.float(), dim=1).cpu().numpy()
-        seg_probs = (torch.sigmoid(seg.float()) if self._binary else torch.softmax(seg.float(), dim=1)).cpu().numpy()
+        batch = torch.stack([self.preprocess(image) for image in rgb])
+        seg_sum, cls_sum = self._probs(batch)
+        for flip in self.tta:
+            dims = TTA_FLIPS[flip]
+            seg, cls = self._probs(torch.flip(batch, dims))
+            seg_sum, cls_sum = seg_sum + torch.flip(seg, dims), cls_sum + cls
+        views = 1 + len(self.tta)
+        class_probs, seg_probs = (cls_sum / views).numpy(), (seg_sum / views).numpy()
         out = []
         for i, image in enumerate(rgb):
             height, width = image.shape[:2]
@@ -396,9 +437,46 @@ class Predictor:
             out.append(RawOutput(class_probs[i], probs.reshape(height, width, -1)))
         return out
 
-    def decide(self, raw: RawOutput, thresholds: Thresholds | None = None) -> Prediction:
-        return decide(raw, self.labels, thresholds or self.thresholds)
+    def _probs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel probabilities (N, C, S, S), class probabilities (N, K)) on the CPU, at the input size."""
+        seg, cls = self._run(batch)
+        seg_probs = torch.sigmoid(seg.float()) if self._binary else torch.softmax(seg.float(), dim=1)
+        return seg_probs.cpu(), torch.softmax(cls.float(), dim=1).cpu()
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predictions for a batch of images (any size, grayscale/RGB/RGBA, uint8/uint16/float)."""
-        return [self.decide(raw) for raw in self.probabilities(images)]
+
+class EnsemblePredictor(_Decisions):
+    """The weighted mean of several predictors' probabilities (backbones and input sizes may differ).
+
+    Every member must predict the same classes in the same segmentation mode; the class and pixel
+    probabilities are averaged per image at the image's own size, then thresholded once with the
+    ensemble's own ``thresholds`` (tune them on the ensemble's validation output).
+    """
+
+    def __init__(self, members: Sequence[Predictor], *, weights: Sequence[float] | None = None,
+                 thresholds: Thresholds | None = None, names: Sequence[str] | None = None):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        names = list(names or [f"member {i + 1}" for i in range(len(members))])
+        first = members[0]
+        for name, member in zip(names[1:], members[1:]):
+            if member.labels != first.labels or member.seg_mode != first.seg_mode:
+                raise ValueError(
+                    f"ensemble members must predict the same classes: {names[0]} has "
+                    f"{list(first.labels.image_classes)} ({first.seg_mode}), {name} has "
+                    f"{list(member.labels.image_classes)} ({member.seg_mode}); combine models trained on the same data")
+        weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"ensemble weights must be one non-negative number per member with a positive sum, got "
+                             f"{weights} for {len(members)} members")
+        self.members = list(members)
+        self.names = names
+        self.weights = [w / sum(weights) for w in weights]
+        self.labels = first.labels
+        self.seg_mode = first.seg_mode
+        self.thresholds = thresholds or Thresholds()
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
+        outputs = [member.probabilities(images) for member in self.members]
+        return [RawOutput(sum(w * raw.class_probs for w, raw in zip(self.weights, per_image)),
+                          sum(w * raw.seg_probs for w, raw in zip(self.weights, per_image)))
+                for per_image in zip(*outputs)]

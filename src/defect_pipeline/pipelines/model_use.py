@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -46,3 +47,40 @@ def model_description(package: ModelPackage) -> dict[str, Any]:
             "manifest_hash", "source_checkpoint", "mlflow_run_id", "training_run_id")
     return {**{k: package.meta.get(k) for k in keys}, "weights_sha256": package.weights_sha256,
             "classes": list(package.labels.image_classes)}
+
+
+def load_member(ref: str) -> ModelPackage:
+    """A model given by reference: a package folder, a best.pt/last.pt, or an MLflow run id / URI."""
+    from defect_pipeline.tracking.pyfunc import is_mlflow_reference, load_logged_package
+
+    if is_mlflow_reference(ref):
+        return load_logged_package(ref)
+    if not Path(ref).exists():
+        raise FileNotFoundError(f"model {ref!r} not found: give a package folder (data/06_models/<stage>/model), a "
+                                "best.pt/last.pt, or an MLflow run id / runs:/ or models:/ URI")
+    return ModelPackage.from_path(ref)
+
+
+def member_name(index: int, package: ModelPackage) -> str:
+    return f"{index + 1}:{package.meta.get('backbone')}"
+
+
+def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None, device: str = "cpu") -> Any:
+    """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another)."""
+    from defect_pipeline.ml.predict import EnsemblePredictor, Predictor, Thresholds
+
+    variant = variant or spec["final_variant"]
+    chosen = spec["variants"][variant]
+    packages = [load_member(member["ref"]) for member in spec["members"]]
+    for member, package in zip(spec["members"], packages):
+        if package.weights_sha256 != member["weights_sha256"]:
+            raise ValueError(f"ensemble member {member['ref']} has changed since the ensemble was tuned (weights "
+                             "differ); run `kedro run --pipeline=ensemble` again")
+    tta = chosen["tta"]
+    predictors = [Predictor(packages[i], device=device, tta=tta) for i in chosen["members"]]
+    thresholds = Thresholds.from_dict(chosen["thresholds"])
+    if len(predictors) == 1:
+        predictors[0].thresholds = thresholds
+        return predictors[0]
+    return EnsemblePredictor(predictors, weights=[spec["weights"][i] for i in chosen["members"]],
+                             thresholds=thresholds, names=[spec["members"][i]["name"] for i in chosen["members"]])

@@ -106,3 +106,25 @@ def log_pyfunc_model(package_folder: str | Path, *, name: str = MODEL_NAME) -> s
     )
     logger.info("logged MLflow model %s (load it with mlflow.pyfunc.load_model)", info.model_uri)
     return info.model_uri
+
+
+def is_mlflow_reference(ref: str) -> bool:
+    """A ``runs:/`` or ``models:/`` URI, or a bare MLflow run id (32 hex digits)."""
+    return ref.startswith(("runs:/", "models:/")) or (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref))
+
+
+def load_logged_package(ref: str) -> Any:
+    """The :class:`~defect_pipeline.ml.predict.ModelPackage` of a logged model (run id, runs:/ or models:/ URI).
+
+    A bare run id means that run's model (``runs:/<id>/model``): a training stage's or the
+    thresholds run's. Loading goes through MLflow's pyfunc loader, which unpickles nothing here.
+    """
+    uri = f"runs:/{ref}/{MODEL_NAME}" if not ref.startswith(("runs:/", "models:/")) else ref
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing run/model
+        raise ValueError(f"cannot load the MLflow model {uri}: {error}") from error
+    python_model = loaded.unwrap_python_model()
+    if not isinstance(python_model, DefectPyfuncModel):
+        raise ValueError(f"{uri} is not a defect_pipeline model")
+    return python_model._predictor.package

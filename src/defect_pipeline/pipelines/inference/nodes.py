@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ import pandas as pd
 
 from defect_pipeline.config import InferenceParams, RuntimeParams
 from defect_pipeline.ml import inference
-from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor
-from defect_pipeline.pipelines.model_use import apply_runtime, model_description
+from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor, Thresholds
+from defect_pipeline.pipelines.model_use import apply_runtime, model_description, predictor_from_ensemble_spec
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,12 @@ def test_split_images(manifest: pd.DataFrame, raw_source: dict[str, Any], evalua
     return {"files": files, "ignored": [], "input": f"manifest split '{split}' under {root}"}
 
 
-def _thresholds(package: ModelPackage, cfg: InferenceParams) -> tuple[Any, str]:
+def _thresholds_of(tuned: Thresholds, cfg: InferenceParams) -> tuple[Thresholds, str]:
     overrides = {k: v for k, v in cfg.thresholds.model_dump().items() if v is not None}
     if not overrides:
-        return package.thresholds, package.thresholds.source
-    source = f"{package.thresholds.source}; overridden by inference.thresholds {overrides}"
-    return package.thresholds.replace(**overrides, source=source), source
+        return tuned, tuned.source
+    source = f"{tuned.source}; overridden by inference.thresholds {overrides}"
+    return tuned.replace(**overrides, source=source), source
 
 
 def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], runtime: dict[str, Any]
@@ -54,13 +55,26 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], r
     """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
     cfg = InferenceParams.model_validate(params)
     apply_runtime(runtime)
-    package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
-    thresholds, source = _thresholds(package, cfg)
+    if cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
+        if cfg.backend != "torch" or cfg.tta:
+            raise ValueError("an ensemble.json runs with inference.backend: torch and brings its own test-time flips; "
+                             "leave inference.tta empty")
+        spec = json.loads(Path(cfg.checkpoint).read_text())
+        predictor = predictor_from_ensemble_spec(spec)
+        thresholds, source = _thresholds_of(predictor.thresholds, cfg)
+        predictor.thresholds = thresholds
+        description = {"ensemble": cfg.checkpoint, "variant": spec["final_variant"],
+                       "members": [m["ref"] for m in spec["members"]], "weights": spec["weights"],
+                       "tta": spec["variants"][spec["final_variant"]]["tta"]}
+    else:
+        package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
+        thresholds, source = _thresholds_of(package.thresholds, cfg)
+        predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
+                              onnx_threads=RuntimeParams.model_validate(runtime).onnx_threads)
+        description = {**model_description(package), "tta": list(cfg.tta)}
     if source.startswith("default"):
         logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
                        "inference.thresholds", source)
-    predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend,
-                          onnx_threads=RuntimeParams.model_validate(runtime).onnx_threads)
     result = inference.predict_files(inputs["files"], predictor, batch_size=cfg.batch_size)
     frame = result.predictions
     frame["thresholds"] = source
@@ -69,7 +83,7 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], r
     overlays = ({name: inference.lazy_overlay(by_name[f"{name}.png"], png) for name, png in result.masks.items()}
                 if cfg.write_overlays else {})
     summary = inference.summary(result, thresholds=thresholds.to_dict(), thresholds_source=source,
-                                model=model_description(package), backend=cfg.backend,
+                                model=description, backend=cfg.backend,
                                 input_description=inputs["input"], ignored=inputs["ignored"])
     logger.info("inference: %s in %.1f s (%.1f images/s, %s)", summary["status"], result.seconds,
                 result.images_per_s, cfg.backend)

@@ -109,6 +109,23 @@ class _StagePlan:
     init_description: str
 
 
+def _log_advice(manifest: pd.DataFrame, trainer: dict[str, Any], stage_name: str) -> None:
+    """The recipe advice for this data and machine, in the log only (``kedro run --pipeline=advise``)."""
+    from defect_pipeline.pipelines.advise.nodes import machine_advice
+
+    try:
+        advice = machine_advice(manifest, trainer)
+    except (ValueError, KeyError) as error:  # advice is optional: a manifest it cannot read must not stop training
+        logger.debug("no recipe advice: %s", error)
+        return
+    rec = advice["recommendations"]
+    logger.info("%s: recipe advice for %d training samples (not applied; kedro run --pipeline=advise explains it): "
+                "backbone %s, image_size %d, batch %d x %d accumulation, epochs %s, class_weights %s", stage_name,
+                advice["facts"]["train_samples"], rec["backbone"], rec["image_size"], rec["batch_size"],
+                rec["accumulate_grad_batches"], "/".join(str(v) for v in rec["epochs"].values()),
+                rec["class_weights"])
+
+
 def _plan_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                 checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
                 data: dict[str, Any], runtime: dict[str, Any], trainer: dict[str, Any], stage: dict[str, Any],
@@ -121,6 +138,7 @@ def _plan_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     settings = resolve_trainer(**trainer_cfg.model_dump())
     if runtime_cfg.cpu_threads is not None:
         torch.set_num_threads(runtime_cfg.cpu_threads)
+    _log_advice(manifest, trainer, stage_name)
     validate_recipe(aug.recipe)
     labels = _label_space(manifest, scan_summary, data_cfg)
     init_state, init_description = (None, "resume") if (cfg.resume and checkpoint_dir.has_last()) else \

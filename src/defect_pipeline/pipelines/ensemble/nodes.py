@@ -1,0 +1,142 @@
+"""Nodes of the ``ensemble`` pipeline: tune each variant on validation, compare them on the test split.
+
+Variants: every member alone, the ensemble (two or more members: weighted mean of probabilities)
+and, with ``ensemble.tta``, the ensemble with test-time flips (or, with one member, that model
+with flips). Each variant gets thresholds tuned on its own validation output; the test report
+shows all of them side by side at fixed (0.5) and tuned thresholds, with their speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from defect_pipeline.config import EnsembleParams, EvaluationParams, ThresholdsParams
+from defect_pipeline.markdown import markdown_table
+from defect_pipeline.ml.evaluation import evaluate_split, tune_thresholds
+from defect_pipeline.ml.predict import EnsemblePredictor, ModelPackage, Predictor, Thresholds
+from defect_pipeline.pipelines.model_use import (
+    apply_runtime,
+    load_member,
+    member_name,
+    predictor_from_ensemble_spec,
+    split_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORTED = ("combined_score", "miou", "miou_defects", "macro_f1", "accuracy", "dice")
+
+
+def _variants(names: list[str], tta: list[str]) -> dict[str, dict[str, Any]]:
+    """Variant name → which members (indices) with which flips."""
+    variants = {name: {"members": [i], "tta": []} for i, name in enumerate(names)}
+    everyone = list(range(len(names)))
+    if len(names) > 1:
+        variants["ensemble"] = {"members": everyone, "tta": []}
+    if tta:
+        variants[("ensemble" if len(names) > 1 else names[0]) + " + TTA"] = {"members": everyone, "tta": list(tta)}
+    return variants
+
+
+def _predictor(packages: list[ModelPackage], names: list[str], weights: list[float], variant: dict[str, Any],
+               thresholds: Thresholds | None = None) -> Predictor | EnsemblePredictor:
+    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds) for i in variant["members"]]
+    if len(members) == 1:
+        return members[0]
+    return EnsemblePredictor(members, weights=[weights[i] for i in variant["members"]], thresholds=thresholds,
+                             names=[names[i] for i in variant["members"]])
+
+
+def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
+                  ensemble: dict[str, Any], thresholds: dict[str, Any], data: dict[str, Any],
+                  runtime: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ensemble.json`` (members, weights, each variant's tuned thresholds) and the tuning report."""
+    cfg, th = EnsembleParams.model_validate(ensemble), ThresholdsParams.model_validate(thresholds)
+    if not cfg.members:
+        raise ValueError("ensemble.members is empty: list two or more models (or one, for test-time flips), e.g. "
+                         "in conf/local/parameters_evaluation.yml; see docs/evaluation.md")
+    if len(cfg.members) == 1 and not cfg.tta:
+        raise ValueError("one ensemble member and no ensemble.tta: nothing to combine; add members or flips")
+    apply_runtime(runtime)
+    packages = [load_member(ref) for ref in cfg.members]
+    names = [member_name(i, p) for i, p in enumerate(packages)]
+    weights = [w / sum(cfg.weights or [1.0] * len(packages)) for w in (cfg.weights or [1.0] * len(packages))]
+    if len(packages) > 1:  # refuse mismatched classes before any image is read
+        EnsemblePredictor([Predictor(p) for p in packages], names=cfg.members)
+    dataset = split_dataset(packages[0], manifest, raw_source, scan_summary, data, th.split)
+    variants = _variants(names, cfg.tta)
+    report: dict[str, Any] = {"split": th.split, "samples": len(dataset), "variants": {}}
+    for name, variant in variants.items():
+        result = tune_thresholds(dataset, _predictor(packages, names, weights, variant), criterion=th.criterion,
+                                 target=th.target, pixel_metric=th.pixel_metric,
+                                 min_area_candidates=th.min_area_candidates, per_class=th.per_class,
+                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        variant["thresholds"] = {**result.thresholds.to_dict(),
+                                 "source": f"tuned on {th.split} for ensemble variant '{name}'"}
+        report["variants"][name] = {"thresholds": variant["thresholds"], **{
+            k: v for k, v in result.report.items() if k in ("image", "pixel", "min_area", "per_class")}}
+        logger.info("ensemble: tuned %s on %d %s images", name, len(dataset), th.split)
+    spec = {
+        "members": [{"ref": ref, "name": name, "backbone": p.meta.get("backbone"), "image_size": p.meta.get("image_size"),
+                     "weights_sha256": p.weights_sha256, "stage": p.meta.get("stage")}
+                    for ref, name, p in zip(cfg.members, names, packages)],
+        "weights": weights, "tta": list(cfg.tta), "classes": list(packages[0].labels.image_classes),
+        "tuned_on": th.split, "variants": variants, "final_variant": list(variants)[-1],
+    }
+    return spec, report
+
+
+def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: dict[str, Any],
+                      scan_summary: dict[str, Any], ensemble: dict[str, Any], evaluation: dict[str, Any],
+                      data: dict[str, Any], runtime: dict[str, Any]
+                      ) -> tuple[dict[str, Any], str, dict[str, dict[str, float]]]:
+    """Each variant on the test split at fixed and tuned thresholds: summary, Markdown table, MLflow metrics."""
+    cfg, ev = EnsembleParams.model_validate(ensemble), EvaluationParams.model_validate(evaluation)
+    apply_runtime(runtime)
+    rows, metrics = [], {}
+    dataset = None
+    for name, variant in spec["variants"].items():
+        predictor = predictor_from_ensemble_spec(spec, variant=name)
+        if dataset is None:
+            dataset = split_dataset(load_member(spec["members"][0]["ref"]), manifest, raw_source, scan_summary, data,
+                                    ev.split)
+        started = time.perf_counter()
+        result = evaluate_split(dataset, predictor, tuned=predictor.thresholds, worst_k=0,
+                                batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        seconds = time.perf_counter() - started
+        fixed, tuned = result.summary["final_metrics_fixed"], result.summary["final_metrics_thresholded"]
+        row = {"variant": name, "members": " + ".join(spec["members"][i]["name"] for i in variant["members"]),
+               "tta": ",".join(variant["tta"]) or "none", "images_per_s": len(dataset) / max(seconds, 1e-9),
+               **{f"fixed_{k}": fixed[k] for k in REPORTED}, **{f"tuned_{k}": tuned[k] for k in REPORTED}}
+        rows.append(row)
+        slug = name.replace(" + ", "_").replace(":", "_").replace(" ", "_")
+        for key in ("images_per_s", *(f"{p}_{k}" for p in ("fixed", "tuned") for k in REPORTED)):
+            metrics[f"{slug}.test_{key}"] = {"value": float(row[key]), "step": 0}
+        logger.info("ensemble: %s on %d %s images: combined score %.4f fixed → %.4f tuned, %.1f images/s", name,
+                    len(dataset), ev.split, fixed["combined_score"], tuned["combined_score"], row["images_per_s"])
+    summary = {"split": ev.split, "samples": len(dataset), "members": spec["members"], "weights": spec["weights"],
+               "final_variant": spec["final_variant"], "variants": rows}
+    return summary, render_ensemble_markdown(summary), metrics
+
+
+def render_ensemble_markdown(summary: dict[str, Any]) -> str:
+    """The side-by-side table: each member, the ensemble, with and without TTA, fixed vs tuned."""
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f} %"
+
+    table = [[row["variant"], row["tta"], f"{row['images_per_s']:.1f}",
+              *(f"{pct(row['fixed_' + k])} → {pct(row['tuned_' + k])}" for k in ("combined_score", "miou", "macro_f1"))]
+             for row in summary["variants"]]
+    members = [[m["name"], m["ref"], str(m["image_size"]), f"{w:.3f}", m["weights_sha256"][:12]]
+               for m, w in zip(summary["members"], summary["weights"])]
+    return "\n".join([
+        f"# Ensemble evaluation ({summary['split']} split, {summary['samples']} images)", "",
+        "Each variant's thresholds were tuned on its own validation output; cells read fixed (0.5) → tuned.", "",
+        markdown_table(["variant", "TTA", "images/s", "combined score", "mIoU", "macro F1"], table), "",
+        "Members:", "",
+        markdown_table(["member", "reference", "input px", "weight", "weights sha256"], members), "",
+        f"Inference with `inference.checkpoint: <this run's ensemble.json>` uses `{summary['final_variant']}`.", ""])

@@ -1,0 +1,35 @@
+"""`kedro run --pipeline=advise` reads the manifest and the machine, and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, copy_project, run_kedro
+
+pytestmark = pytest.mark.slow
+
+
+def test_advise_writes_the_advice_next_to_the_configuration_and_changes_nothing(
+        tiny_default_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
+    conf_before = {p: p.read_bytes() for p in (project / "conf").rglob("*.yml")}
+    run_kedro(project, "advise", params=TINY)
+    advice = json.loads((project / "data/08_reporting/advice/advice.json").read_text())
+    assert advice["facts"]["train_samples"] > 0 and advice["facts"]["device"] == "cpu"
+    assert advice["recommendations"]["backbone"] == "convnext_atto"  # tiny data on a CPU
+    assert advice["current"]["backbone"] == "resnet18"
+    assert "| backbone | convnext_atto | resnet18 |" in (project / "data/08_reporting/advice/advice.md").read_text()
+    assert conf_before == {p: p.read_bytes() for p in (project / "conf").rglob("*.yml")}
+
+
+def test_every_stage_logs_the_advice_when_it_starts(tiny_default_run: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
+    with caplog.at_level(logging.INFO, logger="defect_pipeline.pipelines.training.nodes"):
+        run_kedro(project, "stage1", params={**TINY, "stage1": {**TINY["stage1"], "resume": False}})
+    assert any("recipe advice for" in r.getMessage() and "not applied" in r.getMessage() for r in caplog.records)
