@@ -58,3 +58,8 @@ def test_an_ensemble_of_two_backbones_is_tuned_compared_and_used_for_inference(
     assert predictions["thresholds"].str.contains("ensemble variant 'ensemble \\+ TTA'").all()
     inference = json.loads((project / "data/07_model_output/inference_summary.json").read_text())
     assert inference["model"]["variant"] == "ensemble + TTA" and inference["model"]["tta"] == ["hflip"]
+
+    # a plain list of models also predicts (equal weights, untuned thresholds, said so in every row)
+    run_kedro(project, "inference", params={**TINY, "inference": {"input_dir": raw, "checkpoint": members}})
+    predictions = pd.read_csv(project / "data/07_model_output/predictions.csv")
+    assert set(predictions["status"]) == {"ok"} and predictions["thresholds"].str.contains("not tuned").all()

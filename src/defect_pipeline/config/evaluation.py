@@ -54,8 +54,9 @@ class InferenceParams(StrictModel):
 
     input_dir: str | None = Field(None, description="folder of images (searched recursively); "
                                                     "null in `kedro run`: the manifest's test split")
-    checkpoint: str | None = Field(None, description="a model package folder, a best.pt/last.pt, or a tuned "
-                                                     "ensemble.json; null: the tuned model (data/06_models/tuned)")
+    checkpoint: str | list[str] | None = Field(
+        None, description="a model package folder, a best.pt/last.pt, a tuned ensemble.json, or a list of models "
+                          "averaged as an untuned ensemble; null: the tuned model (data/06_models/tuned)")
     thresholds: ThresholdOverrides = ThresholdOverrides()
     backend: Literal["torch", "onnx"] = "torch"
     batch_size: int = Field(16, ge=1)

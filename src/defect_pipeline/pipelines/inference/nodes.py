@@ -11,8 +11,13 @@ import pandas as pd
 
 from defect_pipeline.config import InferenceParams, RuntimeParams
 from defect_pipeline.ml import inference
-from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor, Thresholds
-from defect_pipeline.pipelines.model_use import apply_runtime, model_description, predictor_from_ensemble_spec
+from defect_pipeline.ml.predict import EnsemblePredictor, ModelPackage, ModelStore, Predictor, Thresholds
+from defect_pipeline.pipelines.model_use import (
+    apply_runtime,
+    load_member,
+    model_description,
+    predictor_from_ensemble_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +60,17 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], r
     """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
     cfg = InferenceParams.model_validate(params)
     apply_runtime(runtime)
-    if cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
+    if isinstance(cfg.checkpoint, list):  # an ad-hoc ensemble: equal weights, thresholds not tuned for it
+        if cfg.backend != "torch":
+            raise ValueError("a list of models in inference.checkpoint runs with inference.backend: torch")
+        packages = [load_member(ref) for ref in cfg.checkpoint]
+        untuned = Thresholds(source="default: 0.5 / 0.5 / 0 px (ensemble given as a list, not tuned; "
+                                    "kedro run --pipeline=ensemble tunes one)")
+        thresholds, source = _thresholds_of(untuned, cfg)
+        predictor = EnsemblePredictor([Predictor(p, tta=cfg.tta) for p in packages], thresholds=thresholds,
+                                      names=cfg.checkpoint)
+        description = {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
+    elif cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
         if cfg.backend != "torch" or cfg.tta:
             raise ValueError("an ensemble.json runs with inference.backend: torch and brings its own test-time flips; "
                              "leave inference.tta empty")
