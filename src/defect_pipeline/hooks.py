@@ -128,13 +128,14 @@ def unwritable_outputs(paths: dict[str, Path]) -> list[str]:
     return list(problems.values())
 
 
-def stage_start_problem(stage: str, previous_labels: dict[str, Any] | None, data_labels: dict[str, Any]) -> str | None:
-    """Why ``stage`` cannot start from the previous stage's model, or None."""
+def stage_start_problem(stage: str, previous: str, previous_labels: dict[str, Any] | None,
+                        data_labels: dict[str, Any]) -> str | None:
+    """Why ``stage`` cannot start from ``previous``'s model, or None."""
     if previous_labels is None or previous_labels == data_labels:
         return None
-    return (f"{stage} starts from the previous stage's model, whose classes {previous_labels} differ from the "
-            f"current data's {data_labels}: retrain the previous stage on this data (kedro run --pipeline="
-            f"stage1 ... or the whole pipeline), or set {stage}.init_from: scratch")
+    return (f"{stage} starts from the previous stage's model ({previous}), whose classes {previous_labels} differ "
+            f"from the current data's {data_labels}: retrain {previous} on this data (kedro run --pipeline="
+            f"{previous}, or the whole pipeline), or set {stage}.init_from: scratch")
 
 
 class PreRunChecksHook:
@@ -181,7 +182,7 @@ class PreRunChecksHook:
             data = DataParams.model_validate(catalog.load("params:data"))
             labels = labels_from_manifest(catalog.load("manifest"), good_label=data.good_label,
                                           defect_classes=list(catalog.load("scan_summary")["classes"]))
-            problem = stage_start_problem(stage, previous.load().meta().get("labels"), labels.to_dict())
+            problem = stage_start_problem(stage, cfg.init_from, previous.load().meta().get("labels"), labels.to_dict())
             if problem:
                 problems.append(problem)
         return problems
@@ -310,8 +311,9 @@ class MlflowStageRunHook:
                 runtime=inputs.get("params:runtime"), augmentation=inputs.get("params:augmentation"),
                 trainer=TrainerParams.model_validate(inputs.get("params:trainer") or {}).model_dump(mode="json")))
         else:
+            machine = ("params:data", "params:runtime", "params:trainer")
             log_params({key: value for block, params in inputs.items() if block.startswith("params:")
-                        and block not in ("params:data", "params:runtime", "params:trainer") and isinstance(params, dict)
+                        and block not in machine and isinstance(params, dict)
                         for key, value in flatten(params, block[len("params:"):]).items()})
         self._child = (node.name, run.info.run_id, set(node.outputs))
         logger.info("%s: MLflow child run %s", name, run.info.run_id)

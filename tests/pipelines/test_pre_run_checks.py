@@ -39,7 +39,8 @@ def test_stage2_from_a_stage1_model_of_other_classes_is_refused_before_it_runs(k
     # the data changes after stage1 was trained: no defect-free images any more
     rebuilt = {**TINY, "data": {**TINY["data"], "demo": {**TINY["data"]["demo"], "good_images": 0}}}
     run_kedro(kedro_project, "data", params=rebuilt)
-    with pytest.raises(PreRunChecksError, match=r"stage2 starts from the previous stage's model, whose classes"):
+    with pytest.raises(PreRunChecksError,
+                       match=r"stage2 starts from the previous stage's model \(stage1\), whose classes"):
         run_kedro(kedro_project, "stage2", params=rebuilt)
     assert pipeline_runs(kedro_project, "stage2") == []
     assert not (kedro_project / "data/06_models/stage2").exists()
