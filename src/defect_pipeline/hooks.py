@@ -165,7 +165,8 @@ class PreRunChecksHook:
         produced = pipeline.all_outputs()
         if "scan_summary" in produced or "manifest" in produced:
             return []  # the data is rebuilt in this run: the stage compares classes when it starts
-        problems = []
+        problems: list[str] = []
+        data_labels: dict[str, Any] | None = None  # read once, when a stage needs it
         for node in pipeline.nodes:
             stage = node.namespace
             if TRACKED_STAGE_TAG not in node.tags or kind_of(node.tags) != "stage" or stage is None:
@@ -179,10 +180,12 @@ class PreRunChecksHook:
             previous = catalog.get(f"{cfg.init_from}.model")
             if previous is None or not previous.exists() or not catalog.exists("manifest"):
                 continue  # nothing to compare: the stage itself says what is missing
-            data = DataParams.model_validate(catalog.load("params:data"))
-            labels = labels_from_manifest(catalog.load("manifest"), good_label=data.good_label,
-                                          defect_classes=list(catalog.load("scan_summary")["classes"]))
-            problem = stage_start_problem(stage, cfg.init_from, previous.load().meta().get("labels"), labels.to_dict())
+            if data_labels is None:
+                data = DataParams.model_validate(catalog.load("params:data"))
+                classes = list(catalog.load("scan_summary")["classes"])
+                data_labels = labels_from_manifest(catalog.load("manifest"), good_label=data.good_label,
+                                                   defect_classes=classes).to_dict()
+            problem = stage_start_problem(stage, cfg.init_from, previous.load().meta().get("labels"), data_labels)
             if problem:
                 problems.append(problem)
         return problems

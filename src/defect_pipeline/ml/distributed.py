@@ -28,6 +28,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -55,6 +56,19 @@ class TrainerSettings:
     def describe(self) -> dict[str, Any]:
         return {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
                 "strategy": self.strategy, "world_size": self.world_size, "precision": self.precision}
+
+
+def free_memory_bytes(device: str) -> float | None:
+    """Free memory of the training device (CUDA: free GPU memory; CPU: MemAvailable)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return float(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def resolve_trainer(*, accelerator: str, devices: int | str, strategy: str, num_nodes: int,

@@ -444,6 +444,17 @@ class Predictor(_Decisions):
         return seg_probs.cpu(), torch.softmax(cls.float(), dim=1).cpu()
 
 
+def check_same_classes(members: Sequence[tuple[LabelSpace, str]], names: Sequence[str]) -> None:
+    """Refuse ensemble members (label space, seg mode) that do not predict the same classes, naming both."""
+    (first_labels, first_mode), first_name = members[0], names[0]
+    for name, (labels, mode) in zip(names[1:], members[1:]):
+        if labels != first_labels or mode != first_mode:
+            raise ValueError(
+                f"ensemble members must predict the same classes: {first_name} has "
+                f"{list(first_labels.image_classes)} ({first_mode}), {name} has "
+                f"{list(labels.image_classes)} ({mode}); combine models trained on the same data")
+
+
 class EnsemblePredictor(_Decisions):
     """The weighted mean of several predictors' probabilities (backbones and input sizes may differ).
 
@@ -457,13 +468,8 @@ class EnsemblePredictor(_Decisions):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
         names = list(names or [f"member {i + 1}" for i in range(len(members))])
+        check_same_classes([(m.labels, m.seg_mode) for m in members], names)
         first = members[0]
-        for name, member in zip(names[1:], members[1:]):
-            if member.labels != first.labels or member.seg_mode != first.seg_mode:
-                raise ValueError(
-                    f"ensemble members must predict the same classes: {names[0]} has "
-                    f"{list(first.labels.image_classes)} ({first.seg_mode}), {name} has "
-                    f"{list(member.labels.image_classes)} ({member.seg_mode}); combine models trained on the same data")
         weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
         if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"ensemble weights must be one non-negative number per member with a positive sum, got "

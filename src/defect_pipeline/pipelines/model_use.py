@@ -65,22 +65,34 @@ def member_name(index: int, package: ModelPackage) -> str:
     return f"{index + 1}:{package.meta.get('backbone')}"
 
 
-def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None, device: str = "cpu") -> Any:
-    """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another)."""
-    from defect_pipeline.ml.predict import EnsemblePredictor, Predictor, Thresholds
+def variant_predictor(packages: list[ModelPackage], names: list[str], weights: list[float],
+                      variant: dict[str, Any], thresholds: Any = None) -> Any:
+    """The predictor of one ensemble variant: its members (indices into ``packages``) with its flips."""
+    from defect_pipeline.ml.predict import EnsemblePredictor, Predictor
 
-    variant = variant or spec["final_variant"]
-    chosen = spec["variants"][variant]
+    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds) for i in variant["members"]]
+    if len(members) == 1:
+        return members[0]
+    return EnsemblePredictor(members, weights=[weights[i] for i in variant["members"]], thresholds=thresholds,
+                             names=[names[i] for i in variant["members"]])
+
+
+def load_ensemble_members(spec: dict[str, Any]) -> list[ModelPackage]:
+    """The member packages of a tuned ``ensemble.json``, refusing any whose weights changed since tuning."""
     packages = [load_member(member["ref"]) for member in spec["members"]]
     for member, package in zip(spec["members"], packages):
         if package.weights_sha256 != member["weights_sha256"]:
             raise ValueError(f"ensemble member {member['ref']} has changed since the ensemble was tuned (weights "
                              "differ); run `kedro run --pipeline=ensemble` again")
-    tta = chosen["tta"]
-    predictors = [Predictor(packages[i], device=device, tta=tta) for i in chosen["members"]]
-    thresholds = Thresholds.from_dict(chosen["thresholds"])
-    if len(predictors) == 1:
-        predictors[0].thresholds = thresholds
-        return predictors[0]
-    return EnsemblePredictor(predictors, weights=[spec["weights"][i] for i in chosen["members"]],
-                             thresholds=thresholds, names=[spec["members"][i]["name"] for i in chosen["members"]])
+    return packages
+
+
+def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None,
+                                 packages: list[ModelPackage] | None = None) -> Any:
+    """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another)."""
+    from defect_pipeline.ml.predict import Thresholds
+
+    chosen = spec["variants"][variant or spec["final_variant"]]
+    return variant_predictor(packages if packages is not None else load_ensemble_members(spec),
+                             [m["name"] for m in spec["members"]], spec["weights"], chosen,
+                             Thresholds.from_dict(chosen["thresholds"]))

@@ -134,9 +134,15 @@ class MlflowTrainingLogger:
         active = mlflow.active_run()
         self.run_id: str | None = active.info.run_id if active is not None else None
         self.tracking_uri = mlflow.get_tracking_uri()
+        self._cached_client: mlflow.MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # the client stays behind: a worker process makes its own
+        return {**self.__dict__, "_cached_client": None}
 
     def _client(self) -> mlflow.MlflowClient:
-        return mlflow.MlflowClient(self.tracking_uri)
+        if self._cached_client is None:
+            self._cached_client = mlflow.MlflowClient(self.tracking_uri)
+        return self._cached_client
 
     def _log(self, metrics: list[Any]) -> None:
         for start in range(0, len(metrics), 1000):

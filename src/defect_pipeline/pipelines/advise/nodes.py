@@ -9,15 +9,13 @@ import pandas as pd
 
 from defect_pipeline.config import ModelParams, StageParams, TrainerParams
 from defect_pipeline.ml.advice import advise, dataset_facts, render_advice_markdown
-from defect_pipeline.ml.distributed import resolve_trainer
+from defect_pipeline.ml.distributed import free_memory_bytes, resolve_trainer
 
 logger = logging.getLogger(__name__)
 
 
 def machine_advice(manifest: pd.DataFrame, trainer: dict[str, Any]) -> dict[str, Any]:
     """The advice for this manifest on the device the trainer block resolves to (its free memory)."""
-    from defect_pipeline.pipelines.compare_backbones.nodes import free_memory_bytes
-
     settings = resolve_trainer(**TrainerParams.model_validate(trainer).model_dump())
     return advise(dataset_facts(manifest), device=settings.accelerator,
                   free_memory_bytes=free_memory_bytes(settings.accelerator), precision=settings.precision)
@@ -33,6 +31,6 @@ def recipe_advice(manifest: pd.DataFrame, trainer: dict[str, Any], model: dict[s
                "batch": f"{stages[1].batch_size} × {stages[1].accumulate_grad_batches}",
                "epochs": "/".join(str(s.epochs) for s in stages), "class_weights": str(stages[1].loss.class_weights)}
     advice["current"] = current
-    for name, value in advice["recommendations"].items():
-        logger.info("advice: %s = %s (%s)", name, value, advice["reasons"].get(name.split("_grad")[0], ""))
+    for name, reason in advice["reasons"].items():
+        logger.info("advice on %s: %s", name, reason)
     return advice, render_advice_markdown(advice, current)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,24 +20,11 @@ from defect_pipeline.config import CompareBackbonesParams, DataParams, ModelPara
 from defect_pipeline.markdown import markdown_table
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import labels_from_manifest
-from defect_pipeline.ml.distributed import resolve_trainer
+from defect_pipeline.ml.distributed import free_memory_bytes, resolve_trainer
 from defect_pipeline.ml.model import training_memory_estimate
 from defect_pipeline.pipelines.training.nodes import train_stage
 
 logger = logging.getLogger(__name__)
-
-
-def free_memory_bytes(device: str) -> float | None:
-    """Free memory of the training device (CUDA: free GPU memory; CPU: MemAvailable)."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return float(torch.cuda.mem_get_info()[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _memory_check(backbone: str, model: ModelParams, labels: Any, device: str, fraction: float) -> str | None:

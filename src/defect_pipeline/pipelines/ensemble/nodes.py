@@ -17,13 +17,15 @@ import pandas as pd
 from defect_pipeline.config import EnsembleParams, EvaluationParams, ThresholdsParams
 from defect_pipeline.markdown import markdown_table
 from defect_pipeline.ml.evaluation import evaluate_split, tune_thresholds
-from defect_pipeline.ml.predict import EnsemblePredictor, ModelPackage, Predictor, Thresholds
+from defect_pipeline.ml.predict import check_same_classes
 from defect_pipeline.pipelines.model_use import (
     apply_runtime,
+    load_ensemble_members,
     load_member,
     member_name,
     predictor_from_ensemble_spec,
     split_dataset,
+    variant_predictor,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,15 +44,6 @@ def _variants(names: list[str], tta: list[str]) -> dict[str, dict[str, Any]]:
     return variants
 
 
-def _predictor(packages: list[ModelPackage], names: list[str], weights: list[float], variant: dict[str, Any],
-               thresholds: Thresholds | None = None) -> Predictor | EnsemblePredictor:
-    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds) for i in variant["members"]]
-    if len(members) == 1:
-        return members[0]
-    return EnsemblePredictor(members, weights=[weights[i] for i in variant["members"]], thresholds=thresholds,
-                             names=[names[i] for i in variant["members"]])
-
-
 def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                   ensemble: dict[str, Any], thresholds: dict[str, Any], data: dict[str, Any],
                   runtime: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -64,14 +57,15 @@ def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summa
     apply_runtime(runtime)
     packages = [load_member(ref) for ref in cfg.members]
     names = [member_name(i, p) for i, p in enumerate(packages)]
-    weights = [w / sum(cfg.weights or [1.0] * len(packages)) for w in (cfg.weights or [1.0] * len(packages))]
-    if len(packages) > 1:  # refuse mismatched classes before any image is read
-        EnsemblePredictor([Predictor(p) for p in packages], names=cfg.members)
+    raw_weights = cfg.weights or [1.0] * len(packages)
+    weights = [w / sum(raw_weights) for w in raw_weights]
+    # mismatched classes are refused before any model is built or image read
+    check_same_classes([(p.labels, p.meta["seg_mode"]) for p in packages], cfg.members)
     dataset = split_dataset(packages[0], manifest, raw_source, scan_summary, data, th.split)
     variants = _variants(names, cfg.tta)
     report: dict[str, Any] = {"split": th.split, "samples": len(dataset), "variants": {}}
     for name, variant in variants.items():
-        result = tune_thresholds(dataset, _predictor(packages, names, weights, variant), criterion=th.criterion,
+        result = tune_thresholds(dataset, variant_predictor(packages, names, weights, variant), criterion=th.criterion,
                                  target=th.target, pixel_metric=th.pixel_metric,
                                  min_area_candidates=th.min_area_candidates, per_class=th.per_class,
                                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -81,8 +75,9 @@ def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summa
             k: v for k, v in result.report.items() if k in ("image", "pixel", "min_area", "per_class")}}
         logger.info("ensemble: tuned %s on %d %s images", name, len(dataset), th.split)
     spec = {
-        "members": [{"ref": ref, "name": name, "backbone": p.meta.get("backbone"), "image_size": p.meta.get("image_size"),
-                     "weights_sha256": p.weights_sha256, "stage": p.meta.get("stage")}
+        "members": [{"ref": ref, "name": name, "backbone": p.meta.get("backbone"),
+                     "image_size": p.meta.get("image_size"), "weights_sha256": p.weights_sha256,
+                     "stage": p.meta.get("stage")}
                     for ref, name, p in zip(cfg.members, names, packages)],
         "weights": weights, "tta": list(cfg.tta), "classes": list(packages[0].labels.image_classes),
         "tuned_on": th.split, "variants": variants, "final_variant": list(variants)[-1],
@@ -98,12 +93,10 @@ def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: 
     cfg, ev = EnsembleParams.model_validate(ensemble), EvaluationParams.model_validate(evaluation)
     apply_runtime(runtime)
     rows, metrics = [], {}
-    dataset = None
+    packages = load_ensemble_members(spec)  # once, for every variant
+    dataset = split_dataset(packages[0], manifest, raw_source, scan_summary, data, ev.split)
     for name, variant in spec["variants"].items():
-        predictor = predictor_from_ensemble_spec(spec, variant=name)
-        if dataset is None:
-            dataset = split_dataset(load_member(spec["members"][0]["ref"]), manifest, raw_source, scan_summary, data,
-                                    ev.split)
+        predictor = predictor_from_ensemble_spec(spec, variant=name, packages=packages)
         started = time.perf_counter()
         result = evaluate_split(dataset, predictor, tuned=predictor.thresholds, worst_k=0,
                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -129,7 +122,8 @@ def render_ensemble_markdown(summary: dict[str, Any]) -> str:
         return f"{100 * value:.1f} %"
 
     table = [[row["variant"], row["tta"], f"{row['images_per_s']:.1f}",
-              *(f"{pct(row['fixed_' + k])} → {pct(row['tuned_' + k])}" for k in ("combined_score", "miou", "macro_f1"))]
+              *(f"{pct(row['fixed_' + k])} → {pct(row['tuned_' + k])}"
+                for k in ("combined_score", "miou", "macro_f1"))]
              for row in summary["variants"]]
     members = [[m["name"], m["ref"], str(m["image_size"]), f"{w:.3f}", m["weights_sha256"][:12]]
                for m, w in zip(summary["members"], summary["weights"])]

@@ -11,12 +11,13 @@ import pandas as pd
 
 from defect_pipeline.config import InferenceParams, RuntimeParams
 from defect_pipeline.ml import inference
-from defect_pipeline.ml.predict import EnsemblePredictor, ModelPackage, ModelStore, Predictor, Thresholds
+from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor, Thresholds
 from defect_pipeline.pipelines.model_use import (
     apply_runtime,
     load_member,
     model_description,
     predictor_from_ensemble_spec,
+    variant_predictor,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], r
         untuned = Thresholds(source="default: 0.5 / 0.5 / 0 px (ensemble given as a list, not tuned; "
                                     "kedro run --pipeline=ensemble tunes one)")
         thresholds, source = _thresholds_of(untuned, cfg)
-        predictor = EnsemblePredictor([Predictor(p, tta=cfg.tta) for p in packages], thresholds=thresholds,
-                                      names=cfg.checkpoint)
+        predictor = variant_predictor(packages, list(cfg.checkpoint), [1.0] * len(packages),
+                                      {"members": list(range(len(packages))), "tta": cfg.tta}, thresholds)
         description = {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
     elif cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
         if cfg.backend != "torch" or cfg.tta:
