@@ -113,8 +113,8 @@ def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, 
     """A randomly initialised model package (resnet18 + FPN at 64 px by default; no training), for prediction tests."""
     import torch
 
-    from defect_pipeline.ml.model import create_model
-    from defect_pipeline.ml.predict import ModelPackage
+    from defect_pipeline.ml.models import create_model
+    from defect_pipeline.ml.package import ModelPackage
 
     torch.manual_seed(seed)
     with pytest.warns(UserWarning, match="random initialisation"):

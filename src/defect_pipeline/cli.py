@@ -15,8 +15,8 @@ from kedro.framework.cli.utils import _split_params, env_option
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from defect_pipeline.config import STAGES
 from defect_pipeline.pipelines.training.nodes import join_stage_training
-from defect_pipeline.pipelines.training.pipeline import STAGES
 
 
 @click.group(name="defect_pipeline")
@@ -36,7 +36,7 @@ def join_training(stage: str, env: str | None, params: dict) -> None:
     with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         context = session.load_context()
         catalog, parameters = context.catalog, context.params
-        previous = STAGES[stage]
+        previous = STAGES[STAGES.index(stage) - 1] if STAGES.index(stage) else None
         join_stage_training(
             catalog.load("manifest"), catalog.load("raw_source"), catalog.load("scan_summary"),
             catalog.load(f"{stage}.checkpoint_dir"), parameters["model"], parameters["augmentation"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from defect_pipeline.config import STAGES
 from defect_pipeline.pipelines.advise import create_pipeline as create_advise_pipeline
 from defect_pipeline.pipelines.compare_backbones import create_pipeline as create_compare_backbones_pipeline
 from defect_pipeline.pipelines.compare_runs import create_pipeline as create_compare_runs_pipeline
@@ -17,7 +18,7 @@ from defect_pipeline.pipelines.inference import create_pipeline as create_infere
 from defect_pipeline.pipelines.inference import create_test_split_pipeline
 from defect_pipeline.pipelines.inspect_checkpoints import create_pipeline as create_inspect_pipeline
 from defect_pipeline.pipelines.thresholds import create_pipeline as create_thresholds_pipeline
-from defect_pipeline.pipelines.training.pipeline import STAGES, create_augmentation_pipeline, create_stage_pipeline
+from defect_pipeline.pipelines.training.pipeline import create_augmentation_pipeline, create_stage_pipeline
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -28,7 +29,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``compare_runs`` (reads MLflow), ``diagnose`` (any history.csv), ``inspect_checkpoints`` and
     ``compare_backbones``, ``ensemble`` and ``advise`` run on request.
     """
-    stages = {name: create_stage_pipeline(name, previous) for name, previous in STAGES.items()}
+    stages = {name: create_stage_pipeline(name, previous) for previous, name in zip((None, *STAGES), STAGES)}
     pipelines: dict[str, Pipeline] = {
         "data": create_data_pipeline(),
         "augmentation": create_augmentation_pipeline(),

@@ -7,11 +7,19 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from defect_pipeline.hooks import MlflowStageRunHook, ParameterValidationHook, PreRunChecksHook, TrackingServerCheckHook
+from defect_pipeline.hooks.child_runs import MlflowStageRunHook
+from defect_pipeline.hooks.interruptions import InterruptionHook
+from defect_pipeline.hooks.parameter_logging import ParameterLoggingHook
+from defect_pipeline.hooks.parameters import ParameterValidationHook
+from defect_pipeline.hooks.pre_run import PreRunChecksHook
+from defect_pipeline.hooks.tracking_server import TrackingServerCheckHook
 
 # validation first (tryfirst), then the tracking check and the pre-run checks (outputs writable, a
-# stage's starting model matching the data); kedro-mlflow's own hook comes after them
-HOOKS = (TrackingServerCheckHook(), ParameterValidationHook(), PreRunChecksHook(), MlflowStageRunHook())
+# stage's starting model matching the data); kedro-mlflow's own hook comes after them. The child-run
+# and interruption hooks act last (trylast), once kedro-mlflow has opened the parent run; the typed
+# parameter blocks are logged into the parent (tryfirst) before a node's child run opens.
+HOOKS = (TrackingServerCheckHook(), ParameterValidationHook(), PreRunChecksHook(), ParameterLoggingHook(),
+         MlflowStageRunHook(), InterruptionHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

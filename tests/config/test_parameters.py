@@ -83,3 +83,15 @@ def test_ensemble_block_checks_weights_and_flips() -> None:
         validate_parameters({"ensemble": {"members": ["a"], "tta": ["rotate"]}})
     with pytest.raises(ParameterError, match="tta lists a flip twice"):
         validate_parameters({"ensemble": {"members": ["a"], "tta": ["hflip", "hflip"]}})
+
+
+def test_blocks_kedro_already_typed_are_accepted_and_stages_are_registered() -> None:
+    """Kedro's own type-hint validation puts model instances into ``context.params``."""
+    from defect_pipeline.config import STAGES, ModelParams, StageParams
+
+    model = ModelParams(backbone="resnet18")
+    validated = validate_parameters({"model": model, "data": {}, **{stage: {} for stage in STAGES}})
+    assert validated["model"] is model
+    assert all(isinstance(validated[stage], StageParams) for stage in STAGES)
+    with pytest.raises(ParameterError, match="model: must be a mapping"):
+        validate_parameters({"model": DataParams()})

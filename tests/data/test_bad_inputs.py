@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from defect_pipeline.config import DataParams
 from defect_pipeline.data.imageio import load_image, load_mask
 from defect_pipeline.data.layouts import RawDataError
 from defect_pipeline.data.report import render_data_report_markdown
@@ -51,10 +52,10 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def make_params(root: Path, **overrides: Any) -> dict:
+def make_params(root: Path, **overrides: Any) -> DataParams:
     """The ``data`` parameter block for ``root``: in-process decoding, no progress bar."""
     base = {"raw_root": str(root), "check": {"num_workers": 0, "progress": False}}
-    return _merge(base, overrides)
+    return DataParams.model_validate(_merge(base, overrides))
 
 
 def run_chain(root: Path, **overrides: Any) -> tuple[pd.DataFrame, dict, pd.DataFrame]:

@@ -15,9 +15,9 @@ from defect_pipeline.data.demo import (
     MARKER_FILE,
     DemoSpec,
     demo_signature,
-    render_sample,
     write_demo_dataset,
 )
+from defect_pipeline.data.demo_render import render_sample
 
 SMALL = DemoSpec(seed=7, images_per_class=3, good_images=2, image_size=64)
 

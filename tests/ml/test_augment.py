@@ -12,9 +12,9 @@ from defect_pipeline.ml.augment import (
     IMAGENET_STD,
     available_transforms,
     build_transform,
-    render_preview,
     validate_recipe,
 )
+from defect_pipeline.ml.preview import render_preview
 
 RECIPE = [
     {"name": "HorizontalFlip", "p": 0.5},

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import defect_pipeline.ml.dataset as dataset_module
+from defect_pipeline.config import DataParams
 from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.data.imageio import load_mask
 from defect_pipeline.ml.augment import build_transform
@@ -45,7 +46,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, 
     """The demo dataset (4 images per class + 4 good, 64 px) through organize → check → masks → split."""
     root = tmp_path_factory.mktemp("demo") / "raw"
     write_demo_dataset(root, DemoSpec(images_per_class=4, good_images=4, image_size=64))
-    params = {"raw_root": str(root), "check": {"num_workers": 0, "progress": False}}
+    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
     raw_source = {"source": "user", "raw_root": str(root)}
     manifest, scan_summary = nodes.organize(raw_source, params)
     manifest = nodes.check(manifest, raw_source, scan_summary, params)

@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from defect_pipeline.ml.checkpoint import CheckpointError, CheckpointStore, atomic_torch_save, safe_torch_load
-from defect_pipeline.ml.engine import EngineConfig, NonFiniteLossError, build_optimizer, resolve_precision, train
+from defect_pipeline.ml.device import resolve_precision
+from defect_pipeline.ml.engine import EngineConfig, NonFiniteLossError, build_optimizer, train
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
@@ -107,6 +108,9 @@ class InterruptAfter:
 
     def __init__(self, n: int) -> None:
         self.n = n
+
+    def log_steps(self, rows: list[dict]) -> None:
+        pass
 
     def log_epoch(self, epoch: int, step: int, row: dict) -> None:
         if epoch == self.n:
@@ -262,9 +266,9 @@ def test_optimizer_groups_skip_decay_on_norms_and_biases() -> None:
 
 
 def test_precision_is_fp32_on_a_cpu_without_native_bf16(monkeypatch) -> None:
-    monkeypatch.setattr("defect_pipeline.ml.engine.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("defect_pipeline.ml.device.cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr("defect_pipeline.ml.engine.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("defect_pipeline.ml.device.cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", "cpu")
@@ -285,7 +289,7 @@ def test_unsafe_checkpoint_is_refused_and_never_runs(tmp_path: Path, monkeypatch
 
 
 class StepRecorder:
-    """A training logger that keeps what it receives, including the optional per-step rows."""
+    """A training logger that keeps what it receives, including the per-step rows."""
 
     def __init__(self) -> None:
         self.steps: list[dict] = []

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.predict import EnsemblePredictor, Predictor, Thresholds
+from defect_pipeline.ml.postprocess import Thresholds
+from defect_pipeline.ml.predict import EnsemblePredictor, Predictor
 from tests.conftest import make_tiny_package
 
 LABELS = LabelSpace(("crack", "spot"), has_good=True)

@@ -8,7 +8,7 @@ import pytest
 
 from defect_pipeline.ml.evaluation import evaluate_split, render_evaluation_markdown, tune_thresholds
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.predict import RawOutput, Thresholds
+from defect_pipeline.ml.postprocess import RawOutput, Thresholds
 
 LABELS = LabelSpace(("scratch", "spot"), has_good=True)
 SIZE = 16

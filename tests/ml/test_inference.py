@@ -15,7 +15,8 @@ from PIL import Image
 from defect_pipeline.ml.export import export_onnx
 from defect_pipeline.ml.inference import lazy_mask, lazy_overlay, list_images, predict_files
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.predict import ModelPackage, Predictor
+from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.predict import Predictor
 from tests.conftest import make_tiny_package
 
 LABELS = LabelSpace(("crack", "spot"), has_good=True)
@@ -82,7 +83,9 @@ def test_a_missing_input_folder_names_the_parameter(tmp_path: Path) -> None:
 
 def test_onnx_export_matches_pytorch_and_serves_inference(package: ModelPackage, tmp_path: Path) -> None:
     folder = package.save(tmp_path / "model")
-    report = export_onnx(package, folder, tolerance=1e-3)
+    exported = export_onnx(package, tolerance=1e-3)
+    exported.save(folder)
+    report = exported.report
     assert report["parity_ok"] and report["dynamic_batch"]
     assert max(report["max_abs_difference"].values()) < 1e-3
     assert json.loads((folder / "model.onnx.json").read_text())["weights_sha256"] == package.weights_sha256
@@ -99,7 +102,7 @@ def test_a_stale_or_missing_onnx_export_is_refused(package: ModelPackage, tmp_pa
     folder = package.save(tmp_path / "model")
     with pytest.raises(FileNotFoundError, match="kedro run --pipeline=export"):
         Predictor(ModelPackage.load(folder), backend="onnx")
-    export_onnx(package, folder)
+    export_onnx(package).save(folder)
     retrained = make_tiny_package(LABELS, seed=1)
     retrained.save(folder)  # new weights, old model.onnx still there
     with pytest.raises(ValueError, match="stale export"):

@@ -1,4 +1,4 @@
-"""Tests of :mod:`defect_pipeline.ml.model`: every family builds, runs, trains and loads weights.
+"""Tests of :mod:`defect_pipeline.ml.models`: every family builds, runs, trains and loads weights.
 
 Real CPU forward/backward passes use one small model per family at tiny sizes; every claimed
 backbone name (large ones included) is built and run on the meta device, which allocates
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.model import (
+from defect_pipeline.ml.models import (
     MultitaskNet,
     MultitaskOutput,
     check_input_size,
@@ -270,6 +270,20 @@ def test_decoder_must_fit_the_backbone_kind() -> None:
     assert _meta("resnet18", decoder="unet").decoder_name == "unet"
     with pytest.raises(ValueError, match="multiple of 32"):
         _meta("resnet18", decoder_channels=48)
+
+
+def test_decoders_come_from_the_registry() -> None:
+    from defect_pipeline.ml.models import DECODERS
+    from defect_pipeline.ml.models.decoders import available_decoders, create_decoder_parts, register_decoder
+
+    assert DECODERS == available_decoders() == ("auto", "fpn", "unet", "dpt", "sfp")
+    with pytest.raises(ValueError, match="already registered"):
+        register_decoder("fpn")(lambda *args, **kwargs: {})
+    with pytest.raises(ValueError, match="reserved"):
+        register_decoder("auto")(lambda *args, **kwargs: {})
+    with pytest.raises(ValueError, match="unknown decoder 'deeplab'.*fpn, unet, dpt, sfp"):
+        create_decoder_parts("deeplab", None, seg_channels=2, pretrained=False, decoder_channels=32, dropout=0.0,
+                             timm_kwargs={})
 
 
 def test_random_initialisation_warns() -> None:

@@ -11,7 +11,9 @@ import torch
 
 from defect_pipeline.ml.augment import build_transform
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.predict import ModelPackage, Predictor, Thresholds, as_rgb_uint8, remove_small_regions
+from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.postprocess import Thresholds, remove_small_regions
+from defect_pipeline.ml.predict import Predictor, as_rgb_uint8
 from tests.conftest import make_tiny_package
 
 LABELS = LabelSpace(("crack", "spot"), has_good=True)

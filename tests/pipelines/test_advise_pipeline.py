@@ -30,6 +30,6 @@ def test_every_stage_logs_the_advice_when_it_starts(tiny_default_run: Path, tmp_
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
-    with caplog.at_level(logging.INFO, logger="defect_pipeline.pipelines.training.nodes"):
+    with caplog.at_level(logging.INFO, logger="defect_pipeline.ml.stage"):
         run_kedro(project, "stage1", params={**TINY, "stage1": {**TINY["stage1"], "resume": False}})
     assert any("recipe advice for" in r.getMessage() and "not applied" in r.getMessage() for r in caplog.records)

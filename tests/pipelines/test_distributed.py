@@ -19,7 +19,7 @@ from defect_pipeline.ml.augment import build_transform
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import ManifestDataset, create_dataloader
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.predict import ModelPackage
+from defect_pipeline.ml.package import ModelPackage
 from tests.conftest import TINY, TINY_CLI_PARAMS, pipeline_runs, run_kedro, start_kedro, wait_for_checkpoint_epochs
 
 pytestmark = pytest.mark.slow

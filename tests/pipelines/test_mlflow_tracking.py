@@ -66,6 +66,13 @@ def test_one_parent_run_and_one_child_run_per_stage(tracked_run) -> None:
     assert parent.data.params["model.backbone"] == "resnet18"
 
 
+def test_a_successful_default_run_leaves_every_run_finished(tracked_run) -> None:
+    """Parent and every child run: a node's outputs (inference_summary's ``status`` counts) never fail its run."""
+    project, _, _ = tracked_run
+    statuses = {run.info.run_name: run.info.status for run in _runs(project)}
+    assert statuses == {name: "FINISHED" for name in ("__default__", *STAGES, "thresholds", "evaluate", "predict")}
+
+
 def test_per_epoch_metrics_have_their_steps(tracked_run) -> None:
     project, _, children = tracked_run
     client = _client(project)

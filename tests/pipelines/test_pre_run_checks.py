@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from defect_pipeline.hooks import PreRunChecksError, unwritable_outputs
+from defect_pipeline.hooks.pre_run import PreRunChecksError, unwritable_outputs
 from tests.conftest import TINY, pipeline_runs, run_kedro
 
 pytestmark = pytest.mark.slow

@@ -58,7 +58,7 @@ def _measure(processes: int, args: argparse.Namespace, folder: Path) -> dict[str
     from defect_pipeline.ml.labels import LabelSpace
     from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
     from defect_pipeline.ml.metrics import MultitaskMetrics
-    from defect_pipeline.ml.model import create_model
+    from defect_pipeline.ml.models import create_model
 
     settings = resolve_trainer(accelerator=args.accelerator, devices=processes, strategy="auto", num_nodes=1,
                                precision=args.precision)

@@ -45,7 +45,8 @@ def forward_throughput(run: Any, batch: torch.Tensor, repeats: int = 3) -> float
 
 def measure(package_folder: Path, images: list, *, batch_size: int, rounds: int,
             onnx_threads: int | None = None) -> dict[str, Any]:
-    from defect_pipeline.ml.predict import ModelPackage, Predictor
+    from defect_pipeline.ml.package import ModelPackage
+    from defect_pipeline.ml.predict import Predictor
 
     package = ModelPackage.load(package_folder)
     predictors = {"torch": Predictor(package), "onnx": Predictor(package, backend="onnx", onnx_threads=onnx_threads),

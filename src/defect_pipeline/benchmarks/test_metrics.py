@@ -35,7 +35,7 @@ def evaluate_checkpoint(checkpoint: Path, manifest: pd.DataFrame, root: str, *, 
     from defect_pipeline.ml.dataset import ManifestDataset, create_dataloader
     from defect_pipeline.ml.labels import LabelSpace
     from defect_pipeline.ml.metrics import MultitaskMetrics
-    from defect_pipeline.ml.model import create_model
+    from defect_pipeline.ml.models import create_model
 
     state = safe_torch_load(checkpoint)
     labels = LabelSpace.from_dict(state["labels"])

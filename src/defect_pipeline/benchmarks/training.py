@@ -34,7 +34,7 @@ def _setup(manifest: pd.DataFrame, root: str, classes: list[str], *, backbone: s
     from defect_pipeline.ml.augment import build_transform
     from defect_pipeline.ml.dataset import ManifestDataset, create_dataloader, labels_from_manifest
     from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
-    from defect_pipeline.ml.model import create_model
+    from defect_pipeline.ml.models import create_model
 
     labels = labels_from_manifest(manifest, defect_classes=classes, good_label="good")
     recipe = [{"name": "HorizontalFlip", "p": 0.5}]

@@ -3,10 +3,15 @@
 YAML parameters (``conf/*/parameters_*.yml``) flow one way: YAML → ``params:<block>`` →
 a frozen pydantic model defined here → explicit keyword arguments into the library. Unknown
 keys and bad values fail at start-up with a message that names the key (see
-:func:`validate_parameters`), before any node runs. This package never imports Kedro.
+:func:`validate_parameters`), before any node runs. A node annotates a parameter argument
+with its model (``model: ModelParams``) and Kedro (1.7+) hands it that validated model instead of
+a dictionary. ``STAGES`` names the training stages,
+in order. This package never imports Kedro, and imports nothing of the project but
+:mod:`defect_pipeline.util`.
 """
 
-from defect_pipeline.config.base import ParameterError, validate_parameters
+from defect_pipeline.config.base import ParameterError
+from defect_pipeline.config.registry import STAGES, validate_parameters
 from defect_pipeline.config.comparison import CompareBackbonesParams
 from defect_pipeline.config.diagnostics import DiagnosisParams
 from defect_pipeline.config.inspection import InspectParams
@@ -56,5 +61,6 @@ __all__ = [
     "MaskParams",
     "ParameterError",
     "SplitParams",
+    "STAGES",
     "validate_parameters",
 ]

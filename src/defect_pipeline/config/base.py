@@ -1,10 +1,11 @@
-"""Shared machinery for parameter models: strict base class, readable errors, the block registry.
+"""Shared machinery for parameter models: the strict base class and readable errors.
 
 Every parameter block is a :class:`StrictModel`: unknown keys are rejected, values are
 type-checked without silent coercion of strings into numbers, and the resulting object is
-frozen. :func:`validate_parameters` checks the whole ``params`` dictionary Kedro resolved
-(including ``--params`` overrides) and raises one :class:`ParameterError` listing every
-problem as ``<dotted.key>: <what is wrong>`` with "did you mean" hints for misspelt keys.
+frozen. A validation failure becomes one :class:`ParameterError` listing every problem as
+``<dotted.key>: <what is wrong>`` with "did you mean" hints for misspelt keys
+(:func:`format_validation_error`). The block registry that checks a whole ``params``
+dictionary lives in :mod:`defect_pipeline.config.registry`; this module imports no block.
 """
 
 from __future__ import annotations
@@ -65,70 +66,3 @@ def format_validation_error(block: str, model: type[BaseModel], error: Validatio
             shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
             problems.append(f"{dotted}: {item['msg']}{shown}")
     return problems
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """``{"loss": {"weighting": "fixed"}}`` → ``{"loss.weighting": "fixed"}`` (parameter blocks as dotted keys)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
-
-
-def _registry() -> dict[str, type[StrictModel]]:
-    from defect_pipeline.config.data import DataParams
-    from defect_pipeline.config.comparison import CompareBackbonesParams
-    from defect_pipeline.config.diagnostics import DiagnosisParams
-    from defect_pipeline.config.inspection import InspectParams
-    from defect_pipeline.config.evaluation import (EnsembleParams, EvaluationParams, ExportParams, InferenceParams,
-                                                   ThresholdsParams)
-    from defect_pipeline.config.tracking import CompareRunsParams
-    from defect_pipeline.config.training import (AugmentationParams, ModelParams, RuntimeParams, StageParams,
-                                                  TrainerParams)
-
-    return {"data": DataParams, "model": ModelParams, "augmentation": AugmentationParams, "runtime": RuntimeParams,
-            "trainer": TrainerParams,
-            "stage1": StageParams, "stage2": StageParams, "stage3": StageParams, "compare_runs": CompareRunsParams,
-            "thresholds": ThresholdsParams, "evaluation": EvaluationParams, "inference": InferenceParams,
-            "export": ExportParams, "diagnosis": DiagnosisParams, "inspect": InspectParams,
-            "compare_backbones": CompareBackbonesParams, "ensemble": EnsembleParams}
-
-
-def validate_parameters(params: Mapping[str, Any]) -> dict[str, StrictModel]:
-    """Validate every known parameter block; reject unknown top-level blocks.
-
-    Args:
-        params: the resolved parameters dictionary (``context.params`` in Kedro).
-
-    Returns:
-        The validated, frozen model for each block present.
-
-    Raises:
-        ParameterError: listing every problem found, each naming its dotted key.
-    """
-    registry = _registry()
-    problems: list[str] = []
-    validated: dict[str, StrictModel] = {}
-    for block, value in params.items():
-        model = registry.get(block)
-        if model is None:
-            close = difflib.get_close_matches(block, list(registry), n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            problems.append(
-                f"{block}: unknown parameter block.{hint} Known blocks: {', '.join(registry)}."
-            )
-            continue
-        if not isinstance(value, Mapping):
-            problems.append(f"{block}: must be a mapping of keys to values (got {value!r})")
-            continue
-        try:
-            validated[block] = model.model_validate(dict(value))
-        except ValidationError as error:
-            problems.extend(format_validation_error(block, model, error))
-    if problems:
-        raise ParameterError(problems)
-    return validated

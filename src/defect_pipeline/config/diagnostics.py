@@ -29,11 +29,3 @@ class DiagnosisParams(StrictModel):
         if self.gap_alert < self.gap_warn:
             raise ValueError(f"gap_alert ({self.gap_alert}) must be >= gap_warn ({self.gap_warn})")
         return self
-
-    def config(self, *, monitor: str | None = None, mode: str | None = None):  # -> DiagnosisConfig
-        from defect_pipeline.ml.diagnosis import DiagnosisConfig
-
-        return DiagnosisConfig(monitor=monitor or self.monitor, mode=mode or self.mode, gap_warn=self.gap_warn,
-                               gap_alert=self.gap_alert, min_delta=self.min_delta, plateau_epochs=self.plateau_epochs,
-                               divergence_factor=self.divergence_factor, oscillation_ratio=self.oscillation_ratio,
-                               lr_decayed_fraction=self.lr_decayed_fraction)

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 
 from defect_pipeline.config.base import StrictModel
 
+STAGES = ("stage1", "stage2", "stage3")  # the training stages, in order: one StageParams block each
+
 
 class ModelParams(StrictModel):
     """Block ``model``: the network every stage trains."""
@@ -152,7 +154,7 @@ class StageParams(StrictModel):
 
     @model_validator(mode="after")
     def _init_is_known(self) -> StageParams:
-        known = {"scratch", "stage1", "stage2", "stage3"}
+        known = {"scratch", *STAGES}
         if self.init_from not in known and not self.init_from.endswith((".pt", ".pth", ".safetensors")):
             raise ValueError(
                 f"init_from must be one of {sorted(known)} or a checkpoint file path (.pt/.pth/.safetensors); "

@@ -1,13 +1,13 @@
 """A Kedro dataset for a model package folder, logged to MLflow as a pyfunc model on save.
 
-``save`` takes a :class:`~defect_pipeline.ml.predict.ModelPackage`, writes it (safetensors
+``save`` takes a :class:`~defect_pipeline.ml.package.ModelPackage`, writes it (safetensors
 weights, ``model.json``, ``thresholds.json``) to ``path`` and, when an MLflow run is active and
 tracking is on for the pipeline, logs the folder as the run's ``model`` (see
 :mod:`defect_pipeline.tracking.pyfunc`); ``model.json`` records that run
 (``mlflow_run_id``) and the run that trained the weights (``training_run_id``, kept when a
 package is re-saved with tuned thresholds).
 
-``load`` returns a :class:`~defect_pipeline.ml.predict.ModelStore` — the folder, not yet read —
+``load`` returns a :class:`~defect_pipeline.ml.package.ModelStore` — the folder, not yet read —
 so that a node can choose another model (``inference.checkpoint``) without the default one
 having to exist, and a missing package fails with ``hint`` (what to run first). The class name
 starts with ``Mlflow`` so that kedro-mlflow's ``disable_tracking.pipelines`` switches the
@@ -21,7 +21,7 @@ from typing import Any
 import mlflow
 from kedro.io import AbstractDataset
 
-from defect_pipeline.ml.predict import ModelPackage, ModelStore
+from defect_pipeline.ml.package import ModelPackage, ModelStore
 
 
 class MlflowModelPackageDataset(AbstractDataset[ModelPackage, ModelStore]):

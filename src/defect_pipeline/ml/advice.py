@@ -2,8 +2,9 @@
 
 :func:`dataset_facts` reads the manifest (no image is opened): accepted training samples, class
 counts, image sizes, mask coverage. :func:`advise` applies the rules below and returns each
-recommendation with its reason. Nothing here changes a configuration: ``kedro run
---pipeline=advise`` writes the advice, and every training stage logs it when it starts.
+recommendation with its reason; :func:`machine_advice` does both for the device training will use.
+Nothing here changes a configuration: ``kedro run --pipeline=advise`` writes the advice, and
+every training stage logs it when it starts.
 
 Rules (the reasons in the output quote them):
 
@@ -33,6 +34,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
+
+from defect_pipeline.ml.distributed import free_memory_bytes
 
 SMALL_DATA, LARGE_DATA = 5_000, 30_000
 IMBALANCE_RATIO = 3.0
@@ -144,6 +147,12 @@ def advise(facts: DatasetFacts, *, device: str, free_memory_bytes: float | None,
     }
 
 
+def machine_advice(manifest: pd.DataFrame, *, device: str, precision: str) -> dict[str, Any]:
+    """The advice for this manifest on ``device`` (with the memory free on it now) at ``precision``."""
+    return advise(dataset_facts(manifest), device=device, free_memory_bytes=free_memory_bytes(device),
+                  precision=precision)
+
+
 def render_advice_markdown(advice: dict[str, Any], current: dict[str, Any] | None = None) -> str:
     """The advice as a table: recommendation, the current configuration, the reason."""
     rec, reasons, facts = advice["recommendations"], advice["reasons"], advice["facts"]
@@ -152,7 +161,7 @@ def render_advice_markdown(advice: dict[str, Any], current: dict[str, Any] | Non
             ("image_size", rec["image_size"], current.get("image_size"), reasons["image_size"]),
             ("batch_size × accumulation", f"{rec['batch_size']} × {rec['accumulate_grad_batches']}",
              current.get("batch"), reasons["batch_size"]),
-            ("epochs (stage1/2/3)", "/".join(str(rec["epochs"][s]) for s in ("stage1", "stage2", "stage3")),
+            ("epochs (stage1/2/3)", "/".join(str(epochs) for epochs in rec["epochs"].values()),
              current.get("epochs"), reasons["epochs"]),
             ("loss.class_weights", rec["class_weights"], current.get("class_weights"), reasons["class_weights"])]
     lines = [f"# Recipe advice ({facts['train_samples']} training samples, {facts['device']}, "

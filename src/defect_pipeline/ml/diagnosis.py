@@ -26,7 +26,7 @@ A clean curve gives no warning or alert. Thresholds are :class:`DiagnosisConfig`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +44,16 @@ class DiagnosisConfig:
     divergence_factor: float = 1.5
     oscillation_ratio: float = 0.7
     lr_decayed_fraction: float = 0.2
+
+    @classmethod
+    def from_params(cls, params: Any, *, monitor: str | None = None, mode: str | None = None) -> DiagnosisConfig:
+        """The config from any object with these fields as attributes (the ``diagnosis`` parameter block).
+
+        ``monitor`` / ``mode``, when given, replace the block's own (a training stage diagnoses the
+        metric its early stopping monitors).
+        """
+        values = {f.name: getattr(params, f.name) for f in fields(cls)}
+        return cls(**{**values, "monitor": monitor or values["monitor"], "mode": mode or values["mode"]})
 
 
 @dataclass

@@ -13,7 +13,7 @@ the data pipeline and kedro-mlflow's run included — in every process. ``ddp_sp
 the training function in the workers; the Kedro node, the catalog and MLflow stay in the launching
 process, and within the workers only rank 0 writes checkpoints and logs metrics.
 
-Precision stays with :func:`defect_pipeline.ml.engine.resolve_precision` (autocast + GradScaler in
+Precision stays with :func:`defect_pipeline.ml.device.resolve_precision` (autocast + GradScaler in
 the engine) rather than Fabric's precision plugins: Fabric would pick bf16 on any CPU that has the
 instructions, and on the AVX2-only machines this project is tested on bf16 runs 50–400× slower.
 """
@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+from defect_pipeline.ml.device import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,6 @@ def resolve_trainer(*, accelerator: str, devices: int | str, strategy: str, num_
     Raises:
         ValueError: CUDA asked for but not available, or more GPUs asked for than visible.
     """
-    from defect_pipeline.ml.engine import resolve_precision
-
     if accelerator == "gpu":
         accelerator = "cuda"
     if accelerator == "auto":

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from defect_pipeline.ml.dataset import ManifestDataset
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.metrics import MultitaskMetrics, f1_from_confusion
-from defect_pipeline.ml.predict import Predictor, RawOutput, Thresholds, decide
+from defect_pipeline.ml.postprocess import RawOutput, Thresholds, decide
+from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.ml.thresholds import (
     PixelHistogram,
     RegionStats,
@@ -366,7 +367,7 @@ def plot_curves(curves: dict[str, Any]) -> Figure:
 
 def plot_gallery(dataset: ManifestDataset, worst: list[dict[str, Any]]) -> Figure:
     """Rows of image | ground truth | prediction, masks overlaid."""
-    from defect_pipeline.ml.augment import overlay_mask
+    from defect_pipeline.ml.preview import overlay_mask
 
     rows = max(len(worst), 1)
     figure = Figure(figsize=(9, 3 * rows))

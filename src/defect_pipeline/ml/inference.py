@@ -26,8 +26,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from defect_pipeline.data.imageio import load_image
-from defect_pipeline.ml.augment import overlay_mask
-from defect_pipeline.ml.predict import Prediction, Predictor
+from defect_pipeline.ml.postprocess import Prediction
+from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.ml.preview import overlay_mask
 
 logger = logging.getLogger(__name__)
 

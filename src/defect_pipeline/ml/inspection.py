@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from defect_pipeline.config.base import flatten
 from defect_pipeline.ml.checkpoint import CheckpointError, read_weights_file
 from defect_pipeline.ml.schedules import dropout_at_step
+from defect_pipeline.util import flatten
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -76,7 +76,7 @@ def inventory(folder: str | Path) -> list[dict[str, Any]]:
 
 def _component_counts(state: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Parameters per top-level component of the rebuilt network, trainable as the stage trained it."""
-    from defect_pipeline.ml.predict import ModelPackage
+    from defect_pipeline.ml.package import ModelPackage
 
     net = ModelPackage.from_checkpoint(state, source="inspection").build_model()
     frozen_backbone = bool(state.get("config", {}).get("stage", {}).get("freeze_backbone", False))

@@ -1,29 +1,18 @@
-"""A trained model as a self-contained package, and prediction with explicit thresholds.
+"""Prediction with a model package: images of any size in, thresholded labels, scores and masks out.
 
-A :class:`ModelPackage` is a folder anyone can load without our training code's state:
-
-* ``weights.safetensors`` — the model's tensors (safetensors: loading never runs code);
-* ``model.json`` — what rebuilds the network (backbone, decoder, decoder width, segmentation
-  mode, input size, normalisation), the label space and where the weights came from (stage,
-  epoch, monitored metric, data-manifest hash);
-* ``thresholds.json`` — the operating point used at prediction time (see :class:`Thresholds`);
-* optionally ``model.onnx`` (+ ``model.onnx.json`` naming the weights it was exported from),
-  written by the ``export`` pipeline.
-
-:class:`Predictor` turns images of any size and mode into labels, class scores and masks at the
-image's own size, applying the thresholds. It is the one prediction path: the MLflow pyfunc
-model and the batch-inference pipeline both go through it.
+:class:`Predictor` turns images of any size and mode (:func:`as_rgb_uint8`) into labels, class
+scores and masks at the image's own size: each image goes through the evaluation transform of
+training (:meth:`Predictor.preprocess`), the network runs in PyTorch or onnxruntime, optional
+test-time flips (:data:`TTA_FLIPS`) are averaged, and the thresholds are applied by
+:func:`~defect_pipeline.ml.postprocess.decide`. :class:`EnsemblePredictor` averages several
+predictors' probabilities (members checked by :func:`check_same_classes`). It is the one
+prediction path: the MLflow pyfunc model and the batch-inference pipeline both go through it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -32,197 +21,9 @@ import torch
 
 from defect_pipeline.ml.augment import IMAGENET_MEAN, IMAGENET_STD
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.model import MultitaskNet, create_model
-
-PACKAGE_FORMAT = 1
-WEIGHTS_FILE = "weights.safetensors"
-MODEL_FILE = "model.json"
-THRESHOLDS_FILE = "thresholds.json"
-ONNX_FILE = "model.onnx"
-ONNX_META_FILE = "model.onnx.json"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The operating point applied to a model's probabilities.
-
-    Attributes:
-        image: an image is a defect when ``1 - p(good)`` is at least this (datasets without
-            defect-free images: the label is always the most probable defect class).
-        pixel: a pixel is a defect when ``1 - p(background)`` (binary: ``p(defect)``) is at
-            least this.
-        min_area: defect regions (8-connected) smaller than this many pixels, measured at the
-            image's own size, are removed from the mask.
-        per_class: one threshold per defect class (empty: all equal). Among the defect classes
-            the label is the one with the largest ``p(class) / threshold(class)``; with equal
-            thresholds that is the plain argmax.
-        source: where the values come from (``default`` or a tuning run), recorded with every
-            prediction.
-    """
-
-    image: float = 0.5
-    pixel: float = 0.5
-    min_area: int = 0
-    per_class: dict[str, float] = field(default_factory=dict)
-    source: str = "default: 0.5 / 0.5 / 0 px (not tuned)"
-
-    def __post_init__(self) -> None:
-        for name in ("image", "pixel"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"thresholds.{name} must be within [0, 1], got {value}")
-        if int(self.min_area) < 0:
-            raise ValueError(f"thresholds.min_area must be >= 0, got {self.min_area}")
-        for name, value in self.per_class.items():
-            if not 0.0 < float(value) <= 1.0:
-                raise ValueError(f"thresholds.per_class.{name} must be within (0, 1], got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
-        known = {k: data[k] for k in ("image", "pixel", "min_area", "per_class", "source") if k in data}
-        return cls(**known)
-
-    def replace(self, **changes: Any) -> Thresholds:
-        return Thresholds.from_dict({**self.to_dict(), **changes})
-
-
-@dataclass
-class ModelPackage:
-    """Weights, the description that rebuilds the network, and the thresholds."""
-
-    state_dict: dict[str, torch.Tensor]
-    meta: dict[str, Any]
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    folder: Path | None = None  # where it was loaded from / saved to
-
-    @property
-    def weights_sha256(self) -> str:
-        """Hash of the weights (names, dtypes, shapes, values): identifies this exact model."""
-        digest = hashlib.sha256()
-        for name in sorted(self.state_dict):
-            tensor = self.state_dict[name].detach().cpu().contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        return digest.hexdigest()
-
-    @property
-    def labels(self) -> LabelSpace:
-        return LabelSpace.from_dict(self.meta["labels"])
-
-    @classmethod
-    def from_checkpoint(cls, state: dict[str, Any], *, source: str,
-                        thresholds: Thresholds | None = None) -> ModelPackage:
-        """The package of a training checkpoint (``best.pt``/``last.pt`` as the engine writes them)."""
-        model_cfg = state.get("config", {}).get("model", {})
-        meta = {
-            "format": PACKAGE_FORMAT,
-            **state["model_meta"],
-            "decoder_channels": int(model_cfg.get("decoder_channels", 64)),
-            "labels": state["labels"],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "stage": state.get("stage"),
-            "epoch": state.get("epoch"),
-            "global_step": state.get("global_step"),
-            "monitor": state.get("monitor"),
-            "best_metric": state.get("best_metric"),
-            "manifest_hash": state.get("manifest_hash"),
-            "source_checkpoint": source,
-        }
-        weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
-        return cls(weights, meta, thresholds or Thresholds())
-
-    def build_model(self) -> MultitaskNet:
-        """The network with these weights, in eval mode on the CPU."""
-        labels = self.labels
-        with warnings.catch_warnings():  # the weights are loaded right below: random init is not a concern
-            warnings.filterwarnings("ignore", message=".*random initialisation")
-            net = create_model(self.meta["backbone"], num_image_classes=labels.num_image_classes,
-                               num_seg_classes=labels.num_seg_classes, seg_mode=self.meta["seg_mode"],
-                               decoder=self.meta["decoder"], decoder_channels=int(self.meta["decoder_channels"]),
-                               image_size=int(self.meta["image_size"]), pretrained=False)
-        net.load_state_dict(self.state_dict)
-        return net.eval()
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the three files; each goes to a temp name first, so no half-written file remains."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.meta["weights_sha256"] = self.weights_sha256
-        tmp = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(self.state_dict, str(tmp), metadata={"format": str(PACKAGE_FORMAT)})
-        os.replace(tmp, folder / WEIGHTS_FILE)
-        _write_json(folder / MODEL_FILE, self.meta)
-        _write_json(folder / THRESHOLDS_FILE, self.thresholds.to_dict())
-        self.folder = folder
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> ModelPackage:
-        """Read a package folder; a missing file is named in the error."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        for name in (WEIGHTS_FILE, MODEL_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"model package {folder} has no {name}; export it again from a checkpoint")
-        meta = json.loads((folder / MODEL_FILE).read_text())
-        if meta.get("format") != PACKAGE_FORMAT:
-            raise ValueError(f"model package {folder} has format {meta.get('format')!r}; this version reads "
-                             f"{PACKAGE_FORMAT}")
-        thresholds_file = folder / THRESHOLDS_FILE
-        thresholds = Thresholds.from_dict(json.loads(thresholds_file.read_text())) if thresholds_file.is_file() \
-            else Thresholds()
-        return cls(load_file(str(folder / WEIGHTS_FILE), device="cpu"), meta, thresholds, folder)
-
-    @classmethod
-    def from_path(cls, path: str | os.PathLike) -> ModelPackage:
-        """A package folder, or a training checkpoint file (``best.pt``/``last.pt``, default thresholds)."""
-        path = Path(path)
-        if path.is_dir():
-            return cls.load(path)
-        from defect_pipeline.ml.checkpoint import CheckpointError, safe_torch_load
-
-        state = safe_torch_load(path)
-        if not isinstance(state, dict) or "model" not in state or "model_meta" not in state:
-            raise CheckpointError(f"{path} is not a training checkpoint of this project (no model_meta); pass a "
-                                  "model package folder (data/06_models/<stage>/model) or a best.pt / last.pt")
-        return cls.from_checkpoint(state, source=str(path))
-
-
-@dataclass(frozen=True)
-class ModelStore:
-    """Where a package lives, without reading it (what the Kedro dataset hands to nodes).
-
-    ``hint`` tells the user how to produce the package when it is missing.
-    """
-
-    path: str
-    hint: str = ""
-
-    def exists(self) -> bool:
-        return (Path(self.path) / MODEL_FILE).is_file() and (Path(self.path) / WEIGHTS_FILE).is_file()
-
-    def meta(self) -> dict[str, Any]:
-        """``model.json`` (cheap: no weights read); ``{}`` when missing."""
-        file = Path(self.path) / MODEL_FILE
-        return json.loads(file.read_text()) if file.is_file() else {}
-
-    def load(self) -> ModelPackage:
-        if not self.exists():
-            raise FileNotFoundError(f"no model package at {self.path}" + (f": {self.hint}" if self.hint else ""))
-        return ModelPackage.load(self.path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+from defect_pipeline.ml.onnx_runner import OnnxRunner
+from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.postprocess import Prediction, RawOutput, Thresholds, decide
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -243,101 +44,6 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     elif np.issubdtype(array.dtype, np.floating):
         array = np.clip(array, 0.0, 1.0) * 255.0
     return np.ascontiguousarray(array.astype(np.uint8))
-
-
-@dataclass
-class Prediction:
-    """One image's result at its own size."""
-
-    label: str
-    scores: dict[str, float]
-    defect_score: float
-    mask: np.ndarray  # (H, W) uint8: 0 background, 1 + i defect class i (binary: 1 defect)
-    defect_area: int  # defect pixels after min_area filtering
-
-    def row(self) -> dict[str, Any]:
-        """Flat columns: ``label``, ``defect_score``, ``score_<class>``, ``defect_area``."""
-        return {"label": self.label, "defect_score": self.defect_score,
-                **{f"score_{name}": value for name, value in self.scores.items()},
-                "defect_area": self.defect_area}
-
-
-def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Set 8-connected defect regions smaller than ``min_area`` pixels to background."""
-    if min_area <= 1 or not mask.any():
-        return mask
-    count, components, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
-    small = small[small != 0]  # component 0 is the background
-    if small.size == 0:
-        return mask
-    out = mask.copy()
-    out[np.isin(components, small)] = 0
-    return out
-
-
-@dataclass
-class RawOutput:
-    """The model's probabilities for one image, before any threshold."""
-
-    class_probs: np.ndarray  # (num_image_classes,)
-    seg_probs: np.ndarray  # (H, W, C) at the image's own size (C = 1 in binary mode)
-
-    @property
-    def defect_pixel_probs(self) -> np.ndarray:
-        """``(H, W)`` probability that a pixel is a defect (any class)."""
-        return self.seg_probs[:, :, 0] if self.seg_probs.shape[2] == 1 else 1.0 - self.seg_probs[:, :, 0]
-
-
-def decide(raw: RawOutput, labels: LabelSpace, thresholds: Thresholds) -> Prediction:
-    """Label, scores and mask of one image at an operating point (see :class:`Thresholds`)."""
-    names = labels.image_classes
-    scores = {name: float(p) for name, p in zip(names, raw.class_probs, strict=True)}
-    defect_probs = raw.class_probs[1:] if labels.has_good else raw.class_probs
-    if thresholds.per_class:
-        scale = np.asarray([thresholds.per_class.get(c, 1.0) for c in labels.defect_classes], dtype=np.float64)
-        best_defect = labels.defect_classes[int(np.argmax(defect_probs / scale))]
-    else:
-        best_defect = labels.defect_classes[int(np.argmax(defect_probs))]
-    if labels.has_good:
-        defect_score = 1.0 - scores[labels.good_label]
-        label = best_defect if defect_score >= thresholds.image else labels.good_label
-    else:
-        defect_score, label = 1.0, best_defect
-    probs = raw.seg_probs
-    if probs.shape[2] == 1:
-        mask = (probs[:, :, 0] >= thresholds.pixel).astype(np.uint8)
-    else:
-        is_defect = (1.0 - probs[:, :, 0]) >= thresholds.pixel
-        mask = np.where(is_defect, 1 + np.argmax(probs[:, :, 1:], axis=2), 0).astype(np.uint8)
-    mask = remove_small_regions(mask, int(thresholds.min_area))
-    return Prediction(label, scores, float(defect_score), mask, int((mask > 0).sum()))
-
-
-class _OnnxRunner:
-    """The package's ``model.onnx`` through onnxruntime (CPU), outputs like the PyTorch model's."""
-
-    def __init__(self, package: ModelPackage, threads: int | None = None):
-        if package.folder is None or not (package.folder / ONNX_FILE).is_file():
-            where = package.folder or "the model package"
-            raise FileNotFoundError(f"{where} has no {ONNX_FILE}; run `kedro run --pipeline=export` first, or use "
-                                    "inference.backend: torch")
-        sidecar = package.folder / ONNX_META_FILE
-        exported_from = json.loads(sidecar.read_text()).get("weights_sha256") if sidecar.is_file() else None
-        if exported_from != package.weights_sha256:
-            raise ValueError(f"{package.folder / ONNX_FILE} was exported from other weights than this package's "
-                             "(stale export); run `kedro run --pipeline=export` again")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (one thread per physical core)
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(package.folder / ONNX_FILE), options,
-                                            providers=["CPUExecutionProvider"])
-
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seg, cls = self.session.run(["seg_logits", "cls_logits"], {"image": batch.cpu().numpy()})
-        return torch.from_numpy(seg), torch.from_numpy(cls)
 
 
 # test-time augmentation: flip name → the dimensions of an (N, C, H, W) batch it flips
@@ -403,7 +109,7 @@ class Predictor(_Decisions):
             model = package.build_model().to(self.device)
             self._run = lambda batch: tuple(model(batch.to(self.device)))
         else:
-            self._run = _OnnxRunner(package, threads=onnx_threads)
+            self._run = OnnxRunner(package, threads=onnx_threads)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:

@@ -11,7 +11,7 @@ image class, ``defect_area`` (pixels), ``mask`` (an ``(H, W)`` uint8 array at th
 reason a file could not be read; such rows carry no prediction). The thresholds come from the
 package's ``thresholds.json``; the ``thresholds`` column records which ones were applied.
 
-The model's artifacts are a :class:`~defect_pipeline.ml.predict.ModelPackage` folder (weights in
+The model's artifacts are a :class:`~defect_pipeline.ml.package.ModelPackage` folder (weights in
 safetensors) and the ``defect_pipeline`` package itself (``code_paths``), so a machine with the
 pinned requirements can load it without this repository. The model is logged "from code"
 (:mod:`defect_pipeline.tracking.pyfunc_model`), so loading it unpickles nothing.
@@ -108,13 +108,8 @@ def log_pyfunc_model(package_folder: str | Path, *, name: str = MODEL_NAME) -> s
     return info.model_uri
 
 
-def is_mlflow_reference(ref: str) -> bool:
-    """A ``runs:/`` or ``models:/`` URI, or a bare MLflow run id (32 hex digits)."""
-    return ref.startswith(("runs:/", "models:/")) or (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref))
-
-
 def load_logged_package(ref: str) -> Any:
-    """The :class:`~defect_pipeline.ml.predict.ModelPackage` of a logged model (run id, runs:/ or models:/ URI).
+    """The :class:`~defect_pipeline.ml.package.ModelPackage` of a logged model (run id, runs:/ or models:/ URI).
 
     A bare run id means that run's model (``runs:/<id>/model``): a training stage's or the
     thresholds run's. Loading goes through MLflow's pyfunc loader, which unpickles nothing here.

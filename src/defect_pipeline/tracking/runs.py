@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from defect_pipeline.config.base import flatten
+from defect_pipeline.util import flatten
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
 """Nodes of ``compare_backbones``: one candidate per namespaced slot, then the comparison table.
 
-Each slot runs :func:`defect_pipeline.pipelines.training.nodes.train_stage` — the training stage
-itself, not a copy — with ``model.backbone`` set to the slot's backbone and the comparison's
-stage block. A candidate that cannot run (its training state alone would not fit in the free
-memory, an out-of-memory error, any other failure) is reported with its reason instead of
-stopping the others.
+Each slot trains one backbone with the training stage itself — the same assembly as the
+``stage1``-``stage3`` nodes (:func:`defect_pipeline.ml.stage.build_training_job` and
+:func:`~defect_pipeline.ml.stage.run_stage`), not a copy — with ``model.backbone`` set to the
+slot's backbone and the comparison's stage block. A candidate that cannot run (its training state
+alone would not fit in the free memory, an out-of-memory error, any other failure) is reported
+with its reason instead of stopping the others, and says so in its
+:class:`~defect_pipeline.tracking.outcome.NodeOutcome` (its MLflow child run ends FAILED).
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from typing import Any
 import pandas as pd
 import torch
 
-from defect_pipeline.config import CompareBackbonesParams, DataParams, ModelParams, TrainerParams
+from defect_pipeline.config import (
+    AugmentationParams,
+    CompareBackbonesParams,
+    DataParams,
+    DiagnosisParams,
+    ModelParams,
+    RuntimeParams,
+    TrainerParams,
+)
 from defect_pipeline.markdown import markdown_table
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import labels_from_manifest
 from defect_pipeline.ml.distributed import free_memory_bytes, resolve_trainer
-from defect_pipeline.ml.model import training_memory_estimate
-from defect_pipeline.pipelines.training.nodes import train_stage
+from defect_pipeline.ml.models import training_memory_estimate
+from defect_pipeline.ml.stage import build_training_job, run_stage
+from defect_pipeline.tracking.outcome import NodeOutcome
+from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
 logger = logging.getLogger(__name__)
 
@@ -57,37 +69,45 @@ def _result(history: pd.DataFrame, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-                    checkpoint_dir: CheckpointStore, model: dict[str, Any], augmentation: dict[str, Any],
-                    data: dict[str, Any], runtime: dict[str, Any], diagnosis: dict[str, Any],
-                    trainer: dict[str, Any], compare: dict[str, Any], *, slot: int) -> dict[str, Any]:
-    """Train the ``slot``-th backbone (1-based) of ``compare_backbones.backbones``; its result row."""
-    cfg = CompareBackbonesParams.model_validate(compare)
-    if slot > len(cfg.backbones):
-        return {"slot": slot, "status": "unused"}
-    backbone = cfg.backbones[slot - 1]
-    model_cfg = ModelParams.model_validate({**model, "backbone": backbone})
+                    checkpoint_dir: CheckpointStore, model: ModelParams, augmentation: AugmentationParams,
+                    data: DataParams, runtime: RuntimeParams, diagnosis: DiagnosisParams, trainer: TrainerParams,
+                    compare: CompareBackbonesParams, *, slot: int) -> tuple[dict[str, Any], NodeOutcome]:
+    """Train the ``slot``-th backbone (1-based) of ``compare_backbones.backbones``: its result row and outcome."""
+    if slot > len(compare.backbones):
+        return {"slot": slot, "status": "unused"}, NodeOutcome()
+    backbone = compare.backbones[slot - 1]
+    candidate = model.model_copy(update={"backbone": backbone})
     base = {"slot": slot, "backbone": backbone}
-    data_cfg = DataParams.model_validate(data)
-    labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]), good_label=data_cfg.good_label)
-    device = resolve_trainer(**TrainerParams.model_validate(trainer).model_dump()).accelerator
+    labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]), good_label=data.good_label)
+    device = resolve_trainer(**trainer.model_dump()).accelerator
     try:
-        too_big = _memory_check(backbone, model_cfg, labels, device, cfg.memory_fraction)
+        too_big = _memory_check(backbone, candidate, labels, device, compare.memory_fraction)
     except Exception as error:  # noqa: BLE001 - an unknown backbone is this candidate's failure only
-        return {**base, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+        return _not_compared(base, "failed", f"{type(error).__name__}: {error}")
     if too_big:
         logger.warning("compare_backbones: %s", too_big)
-        return {**base, "status": "skipped_memory", "error": too_big}
-    logger.info("compare_backbones: training %s (%d of %d)", backbone, slot, len(cfg.backbones))
+        return _not_compared(base, "skipped_memory", too_big)
+    logger.info("compare_backbones: training %s (%d of %d)", backbone, slot, len(compare.backbones))
     try:
-        _, history, summary, *_ = train_stage(
-            manifest, raw_source, scan_summary, checkpoint_dir, model_cfg.model_dump(mode="json"), augmentation,
-            data, runtime, diagnosis, trainer, cfg.stage.model_dump(mode="json"), stage_name=f"compare:{backbone}")
+        plan = build_training_job(manifest, raw_root=raw_source["raw_root"], defect_classes=scan_summary["classes"],
+                                  checkpoints=checkpoint_dir, model=candidate, stage=compare.stage,
+                                  augmentation=augmentation, data=data, runtime=runtime, trainer=trainer,
+                                  stage_name=f"compare:{backbone}", training_logger=MlflowTrainingLogger())
+        result = run_stage(plan, diagnosis)
+        log_stage_result(result.summary)
     except (MemoryError, torch.OutOfMemoryError) as error:
-        return {**base, "status": "failed_memory", "error": f"{type(error).__name__}: {str(error)[:300]}"}
+        return _not_compared(base, "failed_memory", f"{type(error).__name__}: {str(error)[:300]}")
     except Exception as error:  # noqa: BLE001 - one failure must not sink the other candidates
         logger.error("compare_backbones: %s failed:\n%s", backbone, traceback.format_exc())
-        return {**base, "status": "failed", "error": f"{type(error).__name__}: {str(error)[:300]}"}
-    return {**base, "status": "ok", "decoder": summary["decoder"], **_result(history, summary)}
+        return _not_compared(base, "failed", f"{type(error).__name__}: {str(error)[:300]}")
+    row = {**base, "status": "ok", "decoder": result.summary["decoder"], **_result(result.history, result.summary)}
+    return row, NodeOutcome()
+
+
+def _not_compared(base: dict[str, Any], status: str, error: str) -> tuple[dict[str, Any], NodeOutcome]:
+    """The row of a candidate that was skipped or failed, and the matching outcome for its MLflow run."""
+    verdict = "skipped" if status.startswith("skipped") else "failed"
+    return {**base, "status": status, "error": error}, NodeOutcome(verdict, error, reason=status)
 
 
 RECOMMENDATIONS = (

@@ -16,10 +16,14 @@ SHARED = ("params:model", "params:augmentation", "params:data", "params:runtime"
 
 
 def _slot(slot: int) -> Pipeline:
-    """Slot ``slot``: trains ``compare_backbones.backbones[slot - 1]`` (a no-op when the list is shorter)."""
+    """Slot ``slot``: trains ``compare_backbones.backbones[slot - 1]`` (a no-op when the list is shorter).
+
+    Outputs ``compare_backbones.slot<N>.result`` (the table row) and ``.outcome`` (a
+    :class:`~defect_pipeline.tracking.outcome.NodeOutcome`: how the slot's MLflow child run ends).
+    """
     train = update_wrapper(partial(nodes.train_candidate, slot=slot), nodes.train_candidate)
-    template = Pipeline([Node(train, ["manifest", "raw_source", "scan_summary", "checkpoint_dir", *SHARED], "result",
-                              name="train", tags=[TRACKED_STAGE_TAG, kind_tag("comparison")])])
+    template = Pipeline([Node(train, ["manifest", "raw_source", "scan_summary", "checkpoint_dir", *SHARED],
+                              ["result", "outcome"], name="train", tags=[TRACKED_STAGE_TAG, kind_tag("comparison")])])
     return Pipeline(template, namespace=f"{NAMESPACE}.slot{slot}",
                     inputs={name: name for name in ("manifest", "raw_source", "scan_summary")},
                     parameters={p: p for p in SHARED})

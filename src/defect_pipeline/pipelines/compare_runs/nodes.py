@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -14,11 +13,10 @@ from defect_pipeline.tracking.compare import compare_runs as build_comparison
 logger = logging.getLogger(__name__)
 
 
-def compare_runs(stage_runs: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, Figure]:
+def compare_runs(stage_runs: pd.DataFrame, params: CompareRunsParams) -> tuple[pd.DataFrame, pd.DataFrame, str, Figure]:
     """The comparison table (CSV), the best run per criterion (CSV), the Markdown report and the plot."""
-    cfg = CompareRunsParams.model_validate(params)
-    runs = stage_runs.head(cfg.max_runs)
-    result = build_comparison(runs, stages=cfg.stages, statuses=list(cfg.statuses),
+    runs = stage_runs.head(params.max_runs)
+    result = build_comparison(runs, stages=params.stages, statuses=list(params.statuses),
                               experiment=stage_runs.attrs.get("experiment_name", ""),
                               tracking_uri=stage_runs.attrs.get("tracking_uri", ""))
     logger.info("compared %d stage run(s); best per criterion:\n%s", len(result.table),

@@ -1,9 +1,10 @@
 """Nodes of the ``data`` pipeline.
 
-Each node validates its ``params:data`` block into :class:`~defect_pipeline.config.DataParams`,
-calls the library in :mod:`defect_pipeline.data` and returns tables and dictionaries for the
-catalog to write. The raw images themselves are read in place from ``data.raw_root`` (or the
-demo folder): the manifest records their paths relative to that root.
+Each node gets its ``params:data`` block as a validated :class:`~defect_pipeline.config.DataParams`
+(Kedro builds the models the arguments are annotated with), calls the library in :mod:`defect_pipeline.data`
+and returns tables and dictionaries for the catalog to write. The raw images themselves are read
+in place from ``data.raw_root`` (or the demo folder): the manifest records their paths relative
+to that root.
 """
 
 from __future__ import annotations
@@ -26,75 +27,69 @@ from defect_pipeline.data.split import assign_splits
 logger = logging.getLogger(__name__)
 
 
-def resolve_raw_source(params: dict[str, Any]) -> dict[str, Any]:
+def resolve_raw_source(params: DataParams) -> dict[str, Any]:
     """Decide where the raw data is; generate the synthetic demo data when none is configured."""
-    cfg = DataParams.model_validate(params)
-    if cfg.raw_root is not None:
-        return {"source": "user", "raw_root": cfg.raw_root}
-    spec = DemoSpec(seed=cfg.demo.seed, images_per_class=cfg.demo.images_per_class,
-                    good_images=cfg.demo.good_images, image_size=cfg.demo.image_size)
-    summary = write_demo_dataset(cfg.demo.output_dir, spec)
-    logger.info("Using the built-in SYNTHETIC demo data in %s (%s)", cfg.demo.output_dir,
+    if params.raw_root is not None:
+        return {"source": "user", "raw_root": params.raw_root}
+    spec = DemoSpec(seed=params.demo.seed, images_per_class=params.demo.images_per_class,
+                    good_images=params.demo.good_images, image_size=params.demo.image_size)
+    summary = write_demo_dataset(params.demo.output_dir, spec)
+    logger.info("Using the built-in SYNTHETIC demo data in %s (%s)", params.demo.output_dir,
                 "generated" if summary["generated"] else "already present")
-    return {"source": "demo", "raw_root": cfg.demo.output_dir, "demo_signature": summary["signature"],
+    return {"source": "demo", "raw_root": params.demo.output_dir, "demo_signature": summary["signature"],
             "demo_counts": summary["counts"]}
 
 
-def organize(raw_source: dict[str, Any], params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def organize(raw_source: dict[str, Any], params: DataParams) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Scan the raw root into one manifest row per sample (or unusable file)."""
-    cfg = DataParams.model_validate(params)
-    opts = ScanOptions(layout=cfg.layout, good_labels=tuple(cfg.good_labels), good_label=cfg.good_label,
-                       mask_suffixes=tuple(cfg.mask_suffixes), image_extensions=tuple(cfg.image_extensions),
-                       labels_csv=cfg.labels_csv)
+    opts = ScanOptions(layout=params.layout, good_labels=tuple(params.good_labels), good_label=params.good_label,
+                       mask_suffixes=tuple(params.mask_suffixes), image_extensions=tuple(params.image_extensions),
+                       labels_csv=params.labels_csv)
     scan = scan_raw_root(raw_source["raw_root"], opts)
-    classes = cfg.classes or scan.class_folders
+    classes = params.classes or scan.class_folders
     summary = {"layout": scan.layout, "files_scanned": scan.files_scanned, "ignored_files": scan.ignored_files,
-               "classes": classes, "mask_type": resolve_mask_type(cfg.mask_type, scan.layout)}
+               "classes": classes, "mask_type": resolve_mask_type(params.mask_type, scan.layout)}
     logger.info("organize: %s layout, %d files scanned, %d rows", scan.layout, scan.files_scanned, len(scan.rows))
     return pd.DataFrame(scan.rows), summary
 
 
 def check(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-          params: dict[str, Any]) -> pd.DataFrame:
+          params: DataParams) -> pd.DataFrame:
     """Decode every file (process pool), quarantine unusable ones, group duplicates."""
-    cfg = DataParams.model_validate(params)
     measured = inspect_manifest(manifest, raw_source["raw_root"], mask_type=scan_summary["mask_type"],
-                                binarize_threshold=cfg.masks.binarize_threshold,
-                                num_workers=cfg.check.num_workers, chunksize=cfg.check.chunksize,
-                                progress=cfg.check.progress)
-    checked = apply_file_checks(measured, good_label=cfg.good_label, min_image_size=cfg.check.min_image_size)
-    return mark_duplicates(checked, exact_policy=cfg.check.exact_duplicates,
-                           near_max_distance=cfg.check.near_duplicate_max_distance)
+                                binarize_threshold=params.masks.binarize_threshold,
+                                num_workers=params.check.num_workers, chunksize=params.check.chunksize,
+                                progress=params.check.progress)
+    checked = apply_file_checks(measured, good_label=params.good_label, min_image_size=params.check.min_image_size)
+    return mark_duplicates(checked, exact_policy=params.check.exact_duplicates,
+                           near_max_distance=params.check.near_duplicate_max_distance)
 
 
-def validate_masks(manifest: pd.DataFrame, scan_summary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
+def validate_masks(manifest: pd.DataFrame, scan_summary: dict[str, Any], params: DataParams) -> pd.DataFrame:
     """Apply the mask rules and resolve labels that come from masks."""
-    cfg = DataParams.model_validate(params)
     return apply_mask_rules(manifest, mask_type=scan_summary["mask_type"], classes=scan_summary["classes"],
-                            good_label=cfg.good_label, min_defect_pixels=cfg.masks.min_defect_pixels,
-                            inconsistent_label=cfg.masks.inconsistent_label)
+                            good_label=params.good_label, min_defect_pixels=params.masks.min_defect_pixels,
+                            inconsistent_label=params.masks.inconsistent_label)
 
 
-def split(manifest: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def split(manifest: pd.DataFrame, params: DataParams) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Assign train/val/test (seeded, stratified, duplicate groups kept together)."""
-    cfg = DataParams.model_validate(params)
-    outcome = assign_splits(manifest, strategy=cfg.split.strategy, seed=cfg.split.seed,
-                            val_fraction=cfg.split.val_fraction, test_fraction=cfg.split.test_fraction)
+    outcome = assign_splits(manifest, strategy=params.split.strategy, seed=params.split.seed,
+                            val_fraction=params.split.val_fraction, test_fraction=params.split.test_fraction)
     for warning in outcome.warnings:
         logger.warning("split: %s", warning)
-    summary = {"strategy": outcome.strategy, "seed": cfg.split.seed, "val_fraction": cfg.split.val_fraction,
-               "test_fraction": cfg.split.test_fraction, "warnings": outcome.warnings,
+    summary = {"strategy": outcome.strategy, "seed": params.split.seed, "val_fraction": params.split.val_fraction,
+               "test_fraction": params.split.test_fraction, "warnings": outcome.warnings,
                "leakage": outcome.leakage_groups}
     return finalize_manifest(outcome.manifest), summary
 
 
 def report(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-           split_summary: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], str, pd.DataFrame]:
+           split_summary: dict[str, Any], params: DataParams) -> tuple[dict[str, Any], str, pd.DataFrame]:
     """Write the data report (JSON + Markdown) and the quarantine list."""
-    cfg = DataParams.model_validate(params)
     data_report = build_data_report(manifest, raw_source=raw_source, scan_summary=scan_summary,
                                     split_summary=split_summary, classes=scan_summary["classes"],
-                                    good_label=cfg.good_label)
+                                    good_label=params.good_label)
     quarantine = quarantine_table(manifest)
     acc = data_report["accounting"]
     logger.info("data: %d samples = %d accepted + %d quarantined", acc["samples"], acc["accepted"], acc["quarantined"])

@@ -5,28 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from defect_pipeline.config import DiagnosisParams
-from defect_pipeline.ml.diagnosis import diagnose, render_diagnosis_markdown
+from defect_pipeline.datasets import TrainingHistory
+from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
 
 
-def diagnose_history(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Diagnose ``diagnosis.history`` (and the ``steps.csv`` beside it, when there is one)."""
-    cfg = DiagnosisParams.model_validate(params)
-    if cfg.history is None:
-        raise ValueError("diagnosis.history is not set: run `kedro run --pipeline=diagnose --params "
-                         "diagnosis.history=data/08_reporting/stage2/history.csv` (stages diagnose themselves)")
-    path = Path(cfg.history)
-    if not path.is_file():
-        raise FileNotFoundError(f"diagnosis.history {path} does not exist; point it at a history.csv written by a "
-                                "training stage (data/08_reporting/<stage>/history.csv)")
-    history = pd.read_csv(path)
-    if cfg.monitor not in history.columns:
-        raise ValueError(f"diagnosis.monitor {cfg.monitor!r} is not a column of {path}; columns: "
-                         f"{', '.join(c for c in history.columns if c.startswith('val_'))}")
-    steps_file = path.with_name("steps.csv")
-    steps = pd.read_csv(steps_file) if steps_file.is_file() else None
-    report = diagnose(history, cfg.config(), steps=steps)
-    report["history"] = str(path)
-    return report, render_diagnosis_markdown(report, title=str(path))
+def diagnose_history(history: TrainingHistory, params: DiagnosisParams) -> tuple[dict[str, Any], str]:
+    """Diagnose the catalog's ``diagnosis_history`` (and the ``steps.csv`` beside it, when there is one)."""
+    if params.history is not None and Path(params.history) != Path(history.path):
+        raise ValueError(f"diagnosis.history is {params.history} but the catalog's diagnosis_history reads "
+                         f"{history.path}: give the file with --params diagnosis.history=<path> (the catalog reads it "
+                         "from there), or point diagnosis_history at it in conf/local/catalog.yml")
+    epochs = history.epochs
+    if params.monitor not in epochs.columns:
+        raise ValueError(f"diagnosis.monitor {params.monitor!r} is not a column of {history.path}; columns: "
+                         f"{', '.join(c for c in epochs.columns if c.startswith('val_'))}")
+    report = diagnose(epochs, DiagnosisConfig.from_params(params), steps=history.steps)
+    report["history"] = history.path
+    return report, render_diagnosis_markdown(report, title=history.path)

@@ -8,7 +8,8 @@ from defect_pipeline.pipelines.diagnose import nodes
 
 
 def create_pipeline() -> Pipeline:
+    """The catalog's ``diagnosis_history`` (the file ``--params diagnosis.history`` names) → the diagnosis."""
     return Pipeline([
-        Node(nodes.diagnose_history, "params:diagnosis", ["diagnosis_report", "diagnosis_report_md"],
-             name="diagnose_history"),
+        Node(nodes.diagnose_history, ["diagnosis_history", "params:diagnosis"],
+             ["diagnosis_report", "diagnosis_report_md"], name="diagnose_history"),
     ])

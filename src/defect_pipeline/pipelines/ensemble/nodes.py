@@ -14,11 +14,16 @@ from typing import Any
 
 import pandas as pd
 
-from defect_pipeline.config import EnsembleParams, EvaluationParams, ThresholdsParams
+from defect_pipeline.config import (
+    DataParams,
+    EnsembleParams,
+    EvaluationParams,
+    RuntimeParams,
+    ThresholdsParams,
+)
 from defect_pipeline.markdown import markdown_table
 from defect_pipeline.ml.evaluation import evaluate_split, tune_thresholds
-from defect_pipeline.ml.predict import check_same_classes
-from defect_pipeline.pipelines.model_use import (
+from defect_pipeline.ml.model_use import (
     apply_runtime,
     load_ensemble_members,
     load_member,
@@ -27,6 +32,8 @@ from defect_pipeline.pipelines.model_use import (
     split_dataset,
     variant_predictor,
 )
+from defect_pipeline.ml.predict import check_same_classes
+from defect_pipeline.tracking.pyfunc import load_logged_package
 
 logger = logging.getLogger(__name__)
 
@@ -45,61 +52,64 @@ def _variants(names: list[str], tta: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-                  ensemble: dict[str, Any], thresholds: dict[str, Any], data: dict[str, Any],
-                  runtime: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                  ensemble: EnsembleParams, thresholds: ThresholdsParams, data: DataParams,
+                  runtime: RuntimeParams) -> tuple[dict[str, Any], dict[str, Any]]:
     """``ensemble.json`` (members, weights, each variant's tuned thresholds) and the tuning report."""
-    cfg, th = EnsembleParams.model_validate(ensemble), ThresholdsParams.model_validate(thresholds)
-    if not cfg.members:
+    if not ensemble.members:
         raise ValueError("ensemble.members is empty: list two or more models (or one, for test-time flips), e.g. "
                          "in conf/local/parameters_evaluation.yml; see docs/evaluation.md")
-    if len(cfg.members) == 1 and not cfg.tta:
+    if len(ensemble.members) == 1 and not ensemble.tta:
         raise ValueError("one ensemble member and no ensemble.tta: nothing to combine; add members or flips")
-    apply_runtime(runtime)
-    packages = [load_member(ref) for ref in cfg.members]
+    apply_runtime(runtime.cpu_threads)
+    packages = [load_member(ref, load_logged=load_logged_package) for ref in ensemble.members]
     names = [member_name(i, p) for i, p in enumerate(packages)]
-    raw_weights = cfg.weights or [1.0] * len(packages)
+    raw_weights = ensemble.weights or [1.0] * len(packages)
     weights = [w / sum(raw_weights) for w in raw_weights]
     # mismatched classes are refused before any model is built or image read
-    check_same_classes([(p.labels, p.meta["seg_mode"]) for p in packages], cfg.members)
-    dataset = split_dataset(packages[0], manifest, raw_source, scan_summary, data, th.split)
-    variants = _variants(names, cfg.tta)
-    report: dict[str, Any] = {"split": th.split, "samples": len(dataset), "variants": {}}
+    check_same_classes([(p.labels, p.meta["seg_mode"]) for p in packages], ensemble.members)
+    dataset = split_dataset(packages[0], manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
+                            good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
+                            split=thresholds.split)
+    variants = _variants(names, ensemble.tta)
+    report: dict[str, Any] = {"split": thresholds.split, "samples": len(dataset), "variants": {}}
     for name, variant in variants.items():
-        result = tune_thresholds(dataset, variant_predictor(packages, names, weights, variant), criterion=th.criterion,
-                                 target=th.target, pixel_metric=th.pixel_metric,
-                                 min_area_candidates=th.min_area_candidates, per_class=th.per_class,
-                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        result = tune_thresholds(dataset, variant_predictor(packages, names, weights, variant),
+                                 criterion=thresholds.criterion, target=thresholds.target,
+                                 pixel_metric=thresholds.pixel_metric,
+                                 min_area_candidates=thresholds.min_area_candidates, per_class=thresholds.per_class,
+                                 batch_size=ensemble.batch_size, num_workers=ensemble.num_workers)
         variant["thresholds"] = {**result.thresholds.to_dict(),
-                                 "source": f"tuned on {th.split} for ensemble variant '{name}'"}
+                                 "source": f"tuned on {thresholds.split} for ensemble variant '{name}'"}
         report["variants"][name] = {"thresholds": variant["thresholds"], **{
             k: v for k, v in result.report.items() if k in ("image", "pixel", "min_area", "per_class")}}
-        logger.info("ensemble: tuned %s on %d %s images", name, len(dataset), th.split)
+        logger.info("ensemble: tuned %s on %d %s images", name, len(dataset), thresholds.split)
     spec = {
         "members": [{"ref": ref, "name": name, "backbone": p.meta.get("backbone"),
                      "image_size": p.meta.get("image_size"), "weights_sha256": p.weights_sha256,
                      "stage": p.meta.get("stage")}
-                    for ref, name, p in zip(cfg.members, names, packages)],
-        "weights": weights, "tta": list(cfg.tta), "classes": list(packages[0].labels.image_classes),
-        "tuned_on": th.split, "variants": variants, "final_variant": list(variants)[-1],
+                    for ref, name, p in zip(ensemble.members, names, packages)],
+        "weights": weights, "tta": list(ensemble.tta), "classes": list(packages[0].labels.image_classes),
+        "tuned_on": thresholds.split, "variants": variants, "final_variant": list(variants)[-1],
     }
     return spec, report
 
 
 def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: dict[str, Any],
-                      scan_summary: dict[str, Any], ensemble: dict[str, Any], evaluation: dict[str, Any],
-                      data: dict[str, Any], runtime: dict[str, Any]
+                      scan_summary: dict[str, Any], ensemble: EnsembleParams, evaluation: EvaluationParams,
+                      data: DataParams, runtime: RuntimeParams
                       ) -> tuple[dict[str, Any], str, dict[str, dict[str, float]]]:
     """Each variant on the test split at fixed and tuned thresholds: summary, Markdown table, MLflow metrics."""
-    cfg, ev = EnsembleParams.model_validate(ensemble), EvaluationParams.model_validate(evaluation)
-    apply_runtime(runtime)
+    apply_runtime(runtime.cpu_threads)
     rows, metrics = [], {}
-    packages = load_ensemble_members(spec)  # once, for every variant
-    dataset = split_dataset(packages[0], manifest, raw_source, scan_summary, data, ev.split)
+    packages = load_ensemble_members(spec, load_logged=load_logged_package)  # once, for every variant
+    dataset = split_dataset(packages[0], manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
+                            good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
+                            split=evaluation.split)
     for name, variant in spec["variants"].items():
         predictor = predictor_from_ensemble_spec(spec, variant=name, packages=packages)
         started = time.perf_counter()
         result = evaluate_split(dataset, predictor, tuned=predictor.thresholds, worst_k=0,
-                                batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                                batch_size=ensemble.batch_size, num_workers=ensemble.num_workers)
         seconds = time.perf_counter() - started
         fixed, tuned = result.summary["final_metrics_fixed"], result.summary["final_metrics_thresholded"]
         row = {"variant": name, "members": " + ".join(spec["members"][i]["name"] for i in variant["members"]),
@@ -110,9 +120,10 @@ def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: 
         for key in ("images_per_s", *(f"{p}_{k}" for p in ("fixed", "tuned") for k in REPORTED)):
             metrics[f"{slug}.test_{key}"] = {"value": float(row[key]), "step": 0}
         logger.info("ensemble: %s on %d %s images: combined score %.4f fixed → %.4f tuned, %.1f images/s", name,
-                    len(dataset), ev.split, fixed["combined_score"], tuned["combined_score"], row["images_per_s"])
-    summary = {"split": ev.split, "samples": len(dataset), "members": spec["members"], "weights": spec["weights"],
-               "final_variant": spec["final_variant"], "variants": rows}
+                    len(dataset), evaluation.split, fixed["combined_score"], tuned["combined_score"],
+                    row["images_per_s"])
+    summary = {"split": evaluation.split, "samples": len(dataset), "members": spec["members"],
+               "weights": spec["weights"], "final_variant": spec["final_variant"], "variants": rows}
     return summary, render_ensemble_markdown(summary), metrics
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from defect_pipeline.config import EvaluationParams
+from defect_pipeline.config import DataParams, EvaluationParams, RuntimeParams
 from defect_pipeline.ml.evaluation import (
     evaluate_split,
     plot_confusion,
@@ -16,8 +16,9 @@ from defect_pipeline.ml.evaluation import (
     plot_gallery,
     render_evaluation_markdown,
 )
-from defect_pipeline.ml.predict import ModelStore, Predictor
-from defect_pipeline.pipelines.model_use import apply_runtime, model_description, split_dataset
+from defect_pipeline.ml.model_use import apply_runtime, model_description, split_dataset
+from defect_pipeline.ml.package import ModelStore
+from defect_pipeline.ml.predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,16 @@ def metric_items(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def evaluate(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-             params: dict[str, Any], data: dict[str, Any], runtime: dict[str, Any]
+             params: EvaluationParams, data: DataParams, runtime: RuntimeParams
              ) -> tuple[dict[str, Any], str, dict[str, Any], Figure, Figure, Figure]:
     """``summary.json``, the Markdown report, MLflow metrics, confusion matrix, PR/ROC curves, worst-k gallery."""
-    cfg = EvaluationParams.model_validate(params)
-    apply_runtime(runtime)
+    apply_runtime(runtime.cpu_threads)
     package = model.load()
-    dataset = split_dataset(package, manifest, raw_source, scan_summary, data, cfg.split)
-    result = evaluate_split(dataset, Predictor(package), tuned=package.thresholds, worst_k=cfg.worst_k,
-                            batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
+                            good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
+                            split=params.split)
+    result = evaluate_split(dataset, Predictor(package), tuned=package.thresholds, worst_k=params.worst_k,
+                            batch_size=params.batch_size, num_workers=params.num_workers)
     description = model_description(package)
     summary = {"model": description, **result.summary}
     fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]

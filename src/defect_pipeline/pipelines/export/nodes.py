@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from defect_pipeline.config import ExportParams
-from defect_pipeline.ml.export import export_onnx
-from defect_pipeline.ml.predict import ModelStore
-from defect_pipeline.pipelines.model_use import apply_runtime
+from defect_pipeline.config import ExportParams, RuntimeParams
+from defect_pipeline.ml.export import OnnxExport, export_onnx
+from defect_pipeline.ml.model_use import apply_runtime
+from defect_pipeline.ml.package import ModelStore
 
 
-def export(model: ModelStore, params: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
-    """Write ``model.onnx`` into the tuned package folder; the report (parity, opset) is the output."""
-    cfg = ExportParams.model_validate(params)
-    apply_runtime(runtime)
-    return export_onnx(model.load(), model.path, opset=cfg.opset, tolerance=cfg.parity_tolerance)
+def export(model: ModelStore, params: ExportParams, runtime: RuntimeParams) -> tuple[OnnxExport, dict[str, Any]]:
+    """The tuned model as ONNX (the catalog writes it into the package folder) and the export report."""
+    apply_runtime(runtime.cpu_threads)
+    exported = export_onnx(model.load(), opset=params.opset, tolerance=params.parity_tolerance)
+    return exported, exported.report

@@ -10,6 +10,6 @@ from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG, kind_tag
 
 def create_pipeline() -> Pipeline:
     return Pipeline([
-        Node(nodes.export, ["tuned_model", "params:export", "params:runtime"], "export_report", name="export",
-             tags=[TRACKED_STAGE_TAG, kind_tag("export")]),
+        Node(nodes.export, ["tuned_model", "params:export", "params:runtime"], ["tuned_model_onnx", "export_report"],
+             name="export", tags=[TRACKED_STAGE_TAG, kind_tag("export")]),
     ])

@@ -9,37 +9,39 @@ from typing import Any
 
 import pandas as pd
 
-from defect_pipeline.config import InferenceParams, RuntimeParams
+from defect_pipeline.config import EvaluationParams, InferenceParams, RuntimeParams
 from defect_pipeline.ml import inference
-from defect_pipeline.ml.predict import ModelPackage, ModelStore, Predictor, Thresholds
-from defect_pipeline.pipelines.model_use import (
+from defect_pipeline.ml.model_use import (
     apply_runtime,
     load_member,
     model_description,
     predictor_from_ensemble_spec,
     variant_predictor,
 )
+from defect_pipeline.ml.package import ModelPackage, ModelStore
+from defect_pipeline.ml.postprocess import Thresholds
+from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.tracking.pyfunc import load_logged_package
 
 logger = logging.getLogger(__name__)
 
 
-def list_input_images(params: dict[str, Any]) -> dict[str, Any]:
+def list_input_images(params: InferenceParams) -> dict[str, Any]:
     """The image files of ``inference.input_dir`` (and the files ignored there)."""
-    cfg = InferenceParams.model_validate(params)
-    if cfg.input_dir is None:
+    if params.input_dir is None:
         raise ValueError("inference.input_dir is not set: run `kedro run --pipeline=inference --params "
                          "inference.input_dir=/path/to/images` (the default `kedro run` predicts the test split)")
-    files, ignored = inference.list_images(cfg.input_dir, extensions=cfg.extensions,
-                                           follow_symlinks=cfg.follow_symlinks)
-    logger.info("inference: %d image file(s) in %s (%d other file(s) ignored)", len(files), cfg.input_dir,
+    files, ignored = inference.list_images(params.input_dir, extensions=params.extensions,
+                                           follow_symlinks=params.follow_symlinks)
+    logger.info("inference: %d image file(s) in %s (%d other file(s) ignored)", len(files), params.input_dir,
                 len(ignored))
-    return {"files": files, "ignored": ignored, "input": str(cfg.input_dir)}
+    return {"files": files, "ignored": ignored, "input": str(params.input_dir)}
 
 
-def test_split_images(manifest: pd.DataFrame, raw_source: dict[str, Any], evaluation: dict[str, Any]
+def test_split_images(manifest: pd.DataFrame, raw_source: dict[str, Any], evaluation: EvaluationParams
                       ) -> dict[str, Any]:
     """The accepted images of the evaluation split, as inference input (the default ``kedro run``)."""
-    split = evaluation.get("split", "test")
+    split = evaluation.split
     rows = manifest[(manifest["split"] == split) & (manifest["status"] == "accepted")]
     root = Path(raw_source["raw_root"])
     files = pd.DataFrame({"path": [str(root / p) for p in rows["image_path"]],
@@ -56,51 +58,56 @@ def _thresholds_of(tuned: Thresholds, cfg: InferenceParams) -> tuple[Thresholds,
     return tuned.replace(**overrides, source=source), source
 
 
-def predict(inputs: dict[str, Any], model: ModelStore, params: dict[str, Any], runtime: dict[str, Any]
-            ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
-    cfg = InferenceParams.model_validate(params)
-    apply_runtime(runtime)
+def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
+               ) -> tuple[Any, Thresholds, str, dict[str, Any]]:
+    """The predictor ``inference.checkpoint`` names, its thresholds, where they come from, and its description."""
     if isinstance(cfg.checkpoint, list):  # an ad-hoc ensemble: equal weights, thresholds not tuned for it
         if cfg.backend != "torch":
             raise ValueError("a list of models in inference.checkpoint runs with inference.backend: torch")
-        packages = [load_member(ref) for ref in cfg.checkpoint]
+        packages = [load_member(ref, load_logged=load_logged_package) for ref in cfg.checkpoint]
         untuned = Thresholds(source="default: 0.5 / 0.5 / 0 px (ensemble given as a list, not tuned; "
                                     "kedro run --pipeline=ensemble tunes one)")
         thresholds, source = _thresholds_of(untuned, cfg)
         predictor = variant_predictor(packages, list(cfg.checkpoint), [1.0] * len(packages),
                                       {"members": list(range(len(packages))), "tta": cfg.tta}, thresholds)
-        description = {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
-    elif cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
+        return predictor, thresholds, source, {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
+    if cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
         if cfg.backend != "torch" or cfg.tta:
             raise ValueError("an ensemble.json runs with inference.backend: torch and brings its own test-time flips; "
                              "leave inference.tta empty")
         spec = json.loads(Path(cfg.checkpoint).read_text())
-        predictor = predictor_from_ensemble_spec(spec)
+        predictor = predictor_from_ensemble_spec(spec, load_logged=load_logged_package)
         thresholds, source = _thresholds_of(predictor.thresholds, cfg)
         predictor.thresholds = thresholds
         description = {"ensemble": cfg.checkpoint, "variant": spec["final_variant"],
                        "members": [m["ref"] for m in spec["members"]], "weights": spec["weights"],
                        "tta": spec["variants"][spec["final_variant"]]["tta"]}
-    else:
-        package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
-        thresholds, source = _thresholds_of(package.thresholds, cfg)
-        predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
-                              onnx_threads=RuntimeParams.model_validate(runtime).onnx_threads)
-        description = {**model_description(package), "tta": list(cfg.tta)}
+        return predictor, thresholds, source, description
+    package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
+    thresholds, source = _thresholds_of(package.thresholds, cfg)
+    predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
+                          onnx_threads=runtime.onnx_threads)
+    return predictor, thresholds, source, {**model_description(package), "tta": list(cfg.tta)}
+
+
+def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, runtime: RuntimeParams
+            ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
+    apply_runtime(runtime.cpu_threads)
+    predictor, thresholds, source, description = _predictor(model, params, runtime)
     if source.startswith("default"):
         logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
                        "inference.thresholds", source)
-    result = inference.predict_files(inputs["files"], predictor, batch_size=cfg.batch_size)
+    result = inference.predict_files(inputs["files"], predictor, batch_size=params.batch_size)
     frame = result.predictions
     frame["thresholds"] = source
     by_name = dict(zip(frame["mask_file"].fillna(""), frame["path"], strict=True)) if "mask_file" in frame else {}
-    masks = {name: inference.lazy_mask(png) for name, png in result.masks.items()} if cfg.write_masks else {}
+    masks = {name: inference.lazy_mask(png) for name, png in result.masks.items()} if params.write_masks else {}
     overlays = ({name: inference.lazy_overlay(by_name[f"{name}.png"], png) for name, png in result.masks.items()}
-                if cfg.write_overlays else {})
+                if params.write_overlays else {})
     summary = inference.summary(result, thresholds=thresholds.to_dict(), thresholds_source=source,
-                                model=description, backend=cfg.backend,
+                                model=description, backend=params.backend,
                                 input_description=inputs["input"], ignored=inputs["ignored"])
     logger.info("inference: %s in %.1f s (%.1f images/s, %s)", summary["status"], result.seconds,
-                result.images_per_s, cfg.backend)
+                result.images_per_s, params.backend)
     return frame, masks, overlays, summary

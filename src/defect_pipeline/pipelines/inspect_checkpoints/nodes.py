@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 from defect_pipeline.config import InspectParams
 from defect_pipeline.ml.inspection import describe, inventory, render_markdown
@@ -26,14 +27,22 @@ def _chosen(folder: Path, cfg: InspectParams, rows: list[dict[str, Any]]) -> Pat
     return max(readable, key=lambda p: p.stat().st_mtime) if readable else None
 
 
-def inspect_checkpoints(params: dict[str, Any], parameters: dict[str, Any]
+def inspect_checkpoints(folder: Path, params: InspectParams, parameters: dict[str, Any]
                         ) -> tuple[pd.DataFrame, dict[str, Any], str]:
-    """The inventory (CSV), the report with the chosen checkpoint's details (JSON) and Markdown."""
-    cfg = InspectParams.model_validate(params)
-    folder = Path(cfg.path)
+    """The inventory (CSV), the report with the chosen checkpoint's details (JSON) and Markdown.
+
+    ``folder`` is the catalog's ``checkpoint_folder``; ``parameters`` (all of them) are what the chosen
+    checkpoint's configuration is compared with.
+    """
+    if Path(params.path) != folder:
+        raise ValueError(f"inspect.path is {params.path} but the catalog's checkpoint_folder is {folder}: give the "
+                         "folder with --params inspect.path=<folder> (the catalog reads it from there), or point "
+                         "checkpoint_folder at it in conf/local/catalog.yml")
     rows = inventory(folder)
-    chosen = _chosen(folder, cfg, rows)
-    details = describe(chosen, current=parameters) if chosen is not None else None
+    chosen = _chosen(folder, params, rows)
+    current = {name: block.model_dump(mode="json") if isinstance(block, BaseModel) else block
+               for name, block in parameters.items()}  # Kedro hands typed blocks as models
+    details = describe(chosen, current=current) if chosen is not None else None
     unreadable = [r["file"] for r in rows if r.get("kind") == "unreadable"]
     if unreadable:
         logger.warning("%d checkpoint file(s) could not be read: %s", len(unreadable), ", ".join(unreadable))

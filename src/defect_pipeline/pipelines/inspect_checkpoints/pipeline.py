@@ -1,4 +1,4 @@
-"""``kedro run --pipeline=inspect_checkpoints``."""
+"""``kedro run --pipeline=inspect_checkpoints [--params inspect.path=<folder>]``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from defect_pipeline.pipelines.inspect_checkpoints import nodes
 
 def create_pipeline() -> Pipeline:
     return Pipeline([
-        Node(nodes.inspect_checkpoints, ["params:inspect", "parameters"],
+        Node(nodes.inspect_checkpoints, ["checkpoint_folder", "params:inspect", "parameters"],
              ["checkpoint_inventory", "checkpoint_report", "checkpoint_report_md"], name="inspect_checkpoints"),
     ])

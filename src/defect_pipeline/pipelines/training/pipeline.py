@@ -9,16 +9,18 @@ from kedro.pipeline import Node, Pipeline
 from defect_pipeline.pipelines.training import nodes
 from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG
 
-STAGES: dict[str, str | None] = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
 SHARED_PARAMETERS = ("params:model", "params:augmentation", "params:data", "params:runtime", "params:diagnosis",
                      "params:trainer")
+# StageResult field → dataset (namespaced by the stage: stage2.history, stage2.model ...)
+OUTPUTS = {"checkpoints": "checkpoints", "history": "history", "summary": "training_summary", "curves": "curves",
+           "package": "model", "steps": "steps", "diagnosis": "diagnosis", "diagnosis_md": "diagnosis_md"}
 
 
 def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
     """One stage: ``train`` under namespace ``stage`` with parameter block ``params:<stage>``.
 
     The node runs in its own MLflow child run (tag ``mlflow_child_run``, see
-    :class:`defect_pipeline.hooks.MlflowStageRunHook`); ``model`` is the best checkpoint as a
+    :class:`defect_pipeline.hooks.child_runs.MlflowStageRunHook`); ``model`` is the best checkpoint as a
     model package, logged there as the run's pyfunc model.
     Datasets are namespaced (``stage2.history``, ``stage2.checkpoints`` ...); the data outputs
     and the shared ``model``/``augmentation``/``data`` blocks are not. A stage after the first
@@ -28,8 +30,7 @@ def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
     if previous is not None:
         inputs.append("init_checkpoints")
     train = update_wrapper(partial(nodes.train_stage, stage_name=stage), nodes.train_stage)
-    outputs = ["checkpoints", "history", "training_summary", "curves", "model", "steps", "diagnosis", "diagnosis_md"]
-    template = Pipeline([Node(train, inputs, outputs, name="train", tags=[TRACKED_STAGE_TAG])])
+    template = Pipeline([Node(train, inputs, OUTPUTS, name="train", tags=[TRACKED_STAGE_TAG])])
     shared_inputs: dict[str, str] = {name: name for name in ("manifest", "raw_source", "scan_summary")}
     if previous is not None:
         shared_inputs["init_checkpoints"] = f"{previous}.checkpoints"

@@ -1,0 +1,150 @@
+"""What changes while a stage trains, and its round trip through a checkpoint.
+
+:class:`TrainState` holds what the training loop updates — the last finished epoch, the optimizer
+step, the best monitored value and its epoch, the epochs without improvement, the per-epoch
+history and per-step rows — and, after a run stopped mid-epoch, that epoch's
+:class:`EpochProgress`. :meth:`TrainState.to_checkpoint` writes it together with the
+:class:`Trainables`' state dicts and the RNG states as the self-describing dict of
+``best.pt``/``last.pt``; :meth:`TrainState.from_checkpoint` restores both from such a dict. The
+key names are the checkpoint format: checkpoints written by earlier versions resume unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from defect_pipeline.ml.checkpoint import capture_rng_state, restore_rng_state
+
+
+@dataclass
+class Trainables:
+    """The objects whose states a checkpoint holds beside the loop's counters."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def _zero_sums() -> dict[str, float]:
+    return {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
+
+
+@dataclass
+class EpochProgress:
+    """How far one epoch got: its trained batches, running loss sums, optimizer-step rows, loss weights.
+
+    Checkpointed (as ``partial_epoch``) when a stop signal ends a run mid-epoch; the resumed run
+    draws the first ``batches_done`` batches again without training on them, then restores
+    ``rng`` (the RNG states saved with the checkpoint) and continues.
+    """
+
+    epoch: int
+    batches_done: int = 0  # trained batches of this epoch, those before an interruption included
+    sums: dict[str, float] = field(default_factory=_zero_sums)  # per-sample losses times batch sizes
+    seen: int = 0  # samples
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
+    weights: dict[str, float] = field(default_factory=dict)  # the loss weights after the last batch
+    seen_before: int = 0  # samples trained on before an interruption (left out of the throughput)
+    rng: dict[str, Any] | None = None  # RNG states to restore after the replayed batches
+    accumulated_loss: float = 0.0  # since the last optimizer step
+    accumulated_batches: int = 0
+    started: float = 0.0  # time.perf_counter() at the epoch's start
+    train_seconds: float = 0.0
+
+    def add_batch(self, size: int, total: float, loss: Any) -> None:
+        """Count a trained batch of ``size`` samples: its total loss ``total`` and ``loss``'s parts and weights."""
+        self.accumulated_loss += total
+        self.accumulated_batches += 1
+        self.batches_done += 1
+        self.seen += size
+        self.sums["train_loss"] += total * size
+        self.sums["train_cls_loss"] += float(loss.cls) * size
+        self.sums["train_seg_loss"] += float(loss.seg) * size
+        self.weights = loss.weights
+
+    def end_step(self, step: int, dropout: float, param_groups: list[dict[str, Any]]) -> None:
+        """Record optimizer step ``step`` (mean loss of its accumulated batches, dropout, LR per group)."""
+        row: dict[str, Any] = {"step": step, "epoch": self.epoch, "dropout": dropout,
+                               "train_loss": self.accumulated_loss / self.accumulated_batches}
+        row.update({f"lr_{g['name']}": g["lr"] for g in param_groups})
+        self.steps.append(row)
+        self.accumulated_loss, self.accumulated_batches = 0.0, 0
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The ``partial_epoch`` entry of a checkpoint."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "sums": self.sums, "seen": self.seen,
+                "steps": self.steps, "weights": {k: float(v) for k, v in self.weights.items()}}
+
+    @classmethod
+    def from_checkpoint(cls, partial: dict[str, Any], rng: dict[str, Any]) -> EpochProgress:
+        """The progress a ``partial_epoch`` entry describes; ``rng``: the checkpoint's RNG states."""
+        return cls(epoch=partial["epoch"], batches_done=partial["batches_done"], sums=dict(partial["sums"]),
+                   seen=partial["seen"], steps=list(partial["steps"]), weights=dict(partial["weights"]),
+                   seen_before=partial["seen"], rng=rng)
+
+
+@dataclass
+class TrainState:
+    """Everything the training loop changes, from the first epoch to the last."""
+
+    epoch: int = 0  # the last finished epoch
+    global_step: int = 0  # optimizer steps taken
+    best: float | None = None  # best value of the monitored metric
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the monitored metric last improved
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step of finished epochs
+    partial: EpochProgress | None = None  # the epoch a stop signal interrupted, to be continued
+    resumed_from: int | None = None  # the epoch the checkpoint this run resumed from had finished
+    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stops before the last epoch
+
+    def start_epoch(self, epoch: int) -> EpochProgress:
+        """The progress of epoch ``epoch`` from here: the interrupted one continued, or a fresh one."""
+        partial, self.partial = self.partial, None
+        return partial if partial is not None and partial.epoch == epoch else EpochProgress(epoch)
+
+    def to_checkpoint(self, parts: Trainables, *, meta: dict[str, Any], total_steps: int, monitor: str,
+                      finished: bool = False, partial_epoch: EpochProgress | None = None) -> dict[str, Any]:
+        """A self-describing checkpoint: ``meta``, the trainables' states, the RNG states and this state.
+
+        ``partial_epoch``: how far the epoch after :attr:`epoch` got (a run stopped mid-epoch).
+        """
+        checkpoint = {
+            **meta, "model": parts.model.state_dict(), "loss": parts.loss_fn.state_dict(),
+            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(), "rng": capture_rng_state(), "epoch": self.epoch,
+            "global_step": self.global_step, "total_steps": total_steps, "monitor": monitor,
+            "best_metric": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": self.history, "steps": self.steps, "finished": finished,
+            "stopped_early": self.stop_reason is not None,
+        }
+        if partial_epoch is not None:
+            checkpoint["partial_epoch"] = partial_epoch.to_checkpoint()
+        return checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], parts: Trainables) -> TrainState:
+        """Load ``checkpoint`` (a ``last.pt``) into ``parts`` and the RNGs; the state to continue from.
+
+        After a run stopped mid-epoch the RNG states are restored later, once that epoch's trained
+        batches were drawn again (:attr:`EpochProgress.rng`).
+        """
+        parts.model.load_state_dict(checkpoint["model"])
+        parts.loss_fn.load_state_dict(checkpoint["loss"])
+        parts.optimizer.load_state_dict(checkpoint["optimizer"])
+        parts.scheduler.load_state_dict(checkpoint["scheduler"])
+        parts.scaler.load_state_dict(checkpoint["scaler"])
+        partial = checkpoint.get("partial_epoch")
+        if partial is None:
+            restore_rng_state(checkpoint["rng"])
+        return cls(epoch=checkpoint["epoch"], global_step=checkpoint["global_step"],
+                   best=checkpoint.get("best_metric"), best_epoch=checkpoint.get("best_epoch"),
+                   bad_epochs=checkpoint.get("bad_epochs", 0), history=list(checkpoint["history"]),
+                   steps=list(checkpoint.get("steps", [])), resumed_from=checkpoint["epoch"],
+                   partial=None if partial is None else EpochProgress.from_checkpoint(partial, checkpoint["rng"]))

@@ -1,0 +1,122 @@
+"""Using trained models: load packages and ensemble members by reference, and build their predictors.
+
+A model is referenced by a package folder, a ``best.pt``/``last.pt`` checkpoint, or an MLflow run
+id / ``runs:/`` / ``models:/`` URI (:func:`load_member`; MLflow references through a loader the
+caller passes, so this module imports no MLflow). A tuned ``ensemble.json`` names its
+members with their weights hashes (:func:`load_ensemble_members` refuses one that changed) and
+its variants (members and test-time flips): :func:`variant_predictor` and
+:func:`predictor_from_ensemble_spec` build the :class:`~defect_pipeline.ml.predict.Predictor` or
+:class:`~defect_pipeline.ml.predict.EnsemblePredictor` of one variant. :func:`split_dataset` gives
+the untransformed samples of a split in a model's label space, and :func:`model_description`
+the identity of a model for reports. Shared by the thresholds, evaluate, ensemble, inference and
+export nodes, which pass plain values (no config objects reach this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
+from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.postprocess import Thresholds
+from defect_pipeline.ml.predict import EnsemblePredictor, Predictor
+
+LoggedModelLoader = Callable[[str], ModelPackage]  # loads the package of an MLflow run id / runs:/ / models:/ URI
+
+
+def apply_runtime(cpu_threads: int | None) -> None:
+    """Machine-level settings before any model runs: torch intra-op threads (None: torch's default)."""
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+
+
+def split_dataset(package: ModelPackage, manifest: pd.DataFrame, raw_root: str, *, defect_classes: Sequence[str],
+                  good_label: str, binarize_threshold: int, split: str) -> ManifestDataset:
+    """The untransformed samples of ``split``, labelled in the model's label space.
+
+    The model must know the data's classes: a package trained on other classes is refused with both
+    lists named, instead of silently mapping labels to the wrong outputs.
+    """
+    data_labels = labels_from_manifest(manifest, defect_classes=list(defect_classes), good_label=good_label)
+    if data_labels != package.labels:
+        raise ValueError(f"the model was trained on classes {list(package.labels.image_classes)} but the data has "
+                         f"{list(data_labels.image_classes)}; evaluate it on data with the same classes")
+    dataset = ManifestDataset(manifest, root=raw_root, split=split, labels=package.labels,
+                              transform=None, seg_mode=package.meta["seg_mode"],
+                              binarize_threshold=binarize_threshold)
+    if len(dataset) == 0:
+        raise ValueError(f"the manifest has no accepted '{split}' sample (check data.split, or the split parameter)")
+    return dataset
+
+
+def model_description(package: ModelPackage) -> dict[str, Any]:
+    """The identity of a model for reports: architecture, origin, weights hash, MLflow runs."""
+    keys = ("backbone", "decoder", "image_size", "seg_mode", "stage", "epoch", "monitor", "best_metric",
+            "manifest_hash", "source_checkpoint", "mlflow_run_id", "training_run_id")
+    return {**{k: package.meta.get(k) for k in keys}, "weights_sha256": package.weights_sha256,
+            "classes": list(package.labels.image_classes)}
+
+
+def is_mlflow_reference(ref: str) -> bool:
+    """A ``runs:/`` or ``models:/`` URI, or a bare MLflow run id (32 hex digits)."""
+    return ref.startswith(("runs:/", "models:/")) or (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref))
+
+
+def load_member(ref: str, *, load_logged: LoggedModelLoader | None = None) -> ModelPackage:
+    """A model given by reference: a package folder, a best.pt/last.pt, or an MLflow run id / URI.
+
+    MLflow references are loaded by ``load_logged`` (the nodes pass
+    :func:`defect_pipeline.tracking.pyfunc.load_logged_package`; this module never imports MLflow).
+    """
+    if is_mlflow_reference(ref):
+        if load_logged is None:
+            raise ValueError(f"model {ref!r} is an MLflow reference: pass load_logged to load it")
+        return load_logged(ref)
+    if not Path(ref).exists():
+        raise FileNotFoundError(f"model {ref!r} not found: give a package folder (data/06_models/<stage>/model), a "
+                                "best.pt/last.pt, or an MLflow run id / runs:/ or models:/ URI")
+    return ModelPackage.from_path(ref)
+
+
+def member_name(index: int, package: ModelPackage) -> str:
+    return f"{index + 1}:{package.meta.get('backbone')}"
+
+
+def variant_predictor(packages: list[ModelPackage], names: list[str], weights: list[float],
+                      variant: dict[str, Any], thresholds: Any = None) -> Any:
+    """The predictor of one ensemble variant: its members (indices into ``packages``) with its flips."""
+    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds) for i in variant["members"]]
+    if len(members) == 1:
+        return members[0]
+    return EnsemblePredictor(members, weights=[weights[i] for i in variant["members"]], thresholds=thresholds,
+                             names=[names[i] for i in variant["members"]])
+
+
+def load_ensemble_members(spec: dict[str, Any], *, load_logged: LoggedModelLoader | None = None
+                          ) -> list[ModelPackage]:
+    """The member packages of a tuned ``ensemble.json``, refusing any whose weights changed since tuning."""
+    packages = [load_member(member["ref"], load_logged=load_logged) for member in spec["members"]]
+    for member, package in zip(spec["members"], packages):
+        if package.weights_sha256 != member["weights_sha256"]:
+            raise ValueError(f"ensemble member {member['ref']} has changed since the ensemble was tuned (weights "
+                             "differ); run `kedro run --pipeline=ensemble` again")
+    return packages
+
+
+def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None,
+                                 packages: list[ModelPackage] | None = None,
+                                 load_logged: LoggedModelLoader | None = None) -> Any:
+    """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another).
+
+    ``packages``: the members, already loaded; otherwise they are loaded here (``load_logged`` as in
+    :func:`load_member`).
+    """
+    chosen = spec["variants"][variant or spec["final_variant"]]
+    members = packages if packages is not None else load_ensemble_members(spec, load_logged=load_logged)
+    return variant_predictor(members, [m["name"] for m in spec["members"]], spec["weights"], chosen,
+                             Thresholds.from_dict(chosen["thresholds"]))

@@ -1,0 +1,290 @@
+"""Assembly of one training stage: typed parameter blocks in, a ready job out, the stage's results after it ran.
+
+:func:`build_training_job` turns the validated ``model``, ``stage``, ``augmentation``, ``data``,
+``runtime`` and ``trainer`` blocks and the manifest into a :class:`StagePlan`: the
+:class:`~defect_pipeline.ml.engine.TrainingJob` every training process runs (network, loss,
+train/val datasets, engine settings, checkpoint store) and the resolved machine settings. It
+decides where the weights start (scratch, the previous stage's ``best``, a checkpoint file, or
+this stage's own ``last`` to resume) and logs the recipe advice for this data and machine.
+:func:`run_stage` launches the job (in this process or in Lightning Fabric workers) and turns
+what it returns into a :class:`StageResult` (history, summary, curves, the best checkpoint as a
+model package, per-step rows, the curve diagnosis); :func:`join_stage` runs a non-zero node's
+ranks of a multi-node stage. This is the one ``ml`` module that reads config models (typed
+configs in, plain keyword arguments to the library); it imports neither Kedro nor MLflow: the
+caller injects the training logger and records the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from defect_pipeline.config import (
+    AugmentationParams,
+    DataParams,
+    DiagnosisParams,
+    ModelParams,
+    RuntimeParams,
+    StageParams,
+    TrainerParams,
+)
+from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.ml.advice import machine_advice
+from defect_pipeline.ml.augment import build_transform, validate_recipe
+from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
+from defect_pipeline.ml.curves import plot_training_curves
+from defect_pipeline.ml.dataset import ManifestDataset, class_counts, labels_from_manifest
+from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
+from defect_pipeline.ml.distributed import TrainerSettings, launch, resolve_trainer
+from defect_pipeline.ml.engine import EngineConfig, TrainingJob, TrainingLogger, run_training_job
+from defect_pipeline.ml.labels import LabelSpace
+from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
+from defect_pipeline.ml.metrics import MultitaskMetrics
+from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, load_backbone_state
+from defect_pipeline.ml.package import ModelPackage
+
+logger = logging.getLogger(__name__)
+
+# history column → whether higher is better; the best of each over the epochs is in the summary
+BEST_VALUE_COLUMNS = {"val_loss": False, "val_combined_score": True, "val_miou": True, "val_macro_f1": True}
+
+
+@dataclass
+class StagePlan:
+    """A stage ready to train: the job every process runs, the machine settings, and what the results need."""
+
+    job: TrainingJob
+    settings: TrainerSettings
+    stage_name: str
+    model: ModelParams
+    stage: StageParams
+    labels: LabelSpace
+    init_description: str  # "scratch", "resume", or the file the weights came from
+
+
+@dataclass
+class StageResult:
+    """What a finished stage hands to the catalog (see :meth:`outputs`)."""
+
+    checkpoints: CheckpointStore
+    history: pd.DataFrame
+    summary: dict[str, Any]
+    curves: Figure
+    package: ModelPackage  # the best checkpoint (the last one when no best was written) as a model package
+    steps: pd.DataFrame
+    diagnosis: dict[str, Any]
+    diagnosis_md: str
+
+    def outputs(self) -> dict[str, Any]:
+        """Field name → value: a node returns this and its pipeline maps each name to a dataset."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def global_batch_size(stage: StageParams, settings: TrainerSettings) -> int:
+    """Samples per optimizer step: per-process batch x processes x accumulation."""
+    return stage.batch_size * settings.world_size * stage.accumulate_grad_batches
+
+
+def best_values(history: pd.DataFrame) -> dict[str, float]:
+    """The best value over the epochs of each :data:`BEST_VALUE_COLUMNS` column the history has."""
+    return {column: float(history[column].max() if higher else history[column].min())
+            for column, higher in BEST_VALUE_COLUMNS.items()
+            if column in history.columns and history[column].notna().any()}
+
+
+def initial_weights(stage_name: str, stage: StageParams, init_store: CheckpointStore | None
+                    ) -> tuple[dict | None, str]:
+    """The state dict a stage starts from (None = fresh model) and a description of it."""
+    if stage.init_from == "scratch":
+        return None, "scratch"
+    if stage.init_from.startswith("stage"):
+        if init_store is None or stage.init_from != Path(init_store.path).name:
+            raise ValueError(f"{stage_name}.init_from is {stage.init_from!r}, but {stage_name} can only start from "
+                             "the previous stage, scratch or a checkpoint file")
+        if not init_store.has_best():
+            raise FileNotFoundError(
+                f"{stage_name} starts from {stage.init_from}'s best checkpoint, but {init_store.best_path} does not "
+                f"exist. Run `kedro run --pipeline={stage.init_from}` first, or set {stage_name}.init_from: scratch."
+            )
+        return read_weights_file(init_store.best_path), str(init_store.best_path)
+    return read_weights_file(stage.init_from), stage.init_from
+
+
+def _log_advice(manifest: pd.DataFrame, settings: TrainerSettings, stage_name: str) -> None:
+    """The recipe advice for this data and machine, in the log only (``kedro run --pipeline=advise``)."""
+    try:
+        advice = machine_advice(manifest, device=settings.accelerator, precision=settings.precision)
+    except (ValueError, KeyError) as error:  # advice is optional: a manifest it cannot read must not stop training
+        logger.debug("no recipe advice: %s", error)
+        return
+    rec = advice["recommendations"]
+    logger.info("%s: recipe advice for %d training samples (not applied; kedro run --pipeline=advise explains it): "
+                "backbone %s, image_size %d, batch %d x %d accumulation, epochs %s, class_weights %s", stage_name,
+                advice["facts"]["train_samples"], rec["backbone"], rec["image_size"], rec["batch_size"],
+                rec["accumulate_grad_batches"], "/".join(str(v) for v in rec["epochs"].values()),
+                rec["class_weights"])
+
+
+def _network(model: ModelParams, labels: LabelSpace, init_state: dict | None, init_description: str,
+             seed: int) -> tuple[Any, dict[str, Any]]:
+    """The seeded network with its starting weights loaded, and its architecture description."""
+    torch.manual_seed(seed)
+    scratch = init_description == "scratch"
+    net = create_model(model.backbone, num_image_classes=labels.num_image_classes,
+                       num_seg_classes=labels.num_seg_classes, seg_mode=model.seg_mode, decoder=model.decoder,
+                       pretrained=model.pretrained and init_state is None and scratch,
+                       checkpoint_path=model.checkpoint_path if scratch else None,
+                       decoder_channels=model.decoder_channels, image_size=model.image_size)
+    check_input_size(net, model.image_size)
+    model_meta = {"backbone": model.backbone, "decoder": net.decoder_name, "seg_mode": model.seg_mode,
+                  "image_size": model.image_size}
+    if init_state is not None:
+        if "model" in init_state:
+            check_compatible(init_state, **{k: model_meta[k] for k in ("backbone", "decoder", "seg_mode")},
+                             labels=labels.to_dict(), source=init_description)
+            net.load_state_dict(init_state["model"])
+        else:
+            load_backbone_state(net, init_state, source=init_description)
+    return net, model_meta
+
+
+def _loss(stage: StageParams, labels: LabelSpace, seg_mode: str, train_set: ManifestDataset) -> MultitaskLoss:
+    """The weighted classification + segmentation loss (``balanced`` class weights from the train split)."""
+    loss = stage.loss
+    class_weights = None
+    if loss.class_weights == "balanced":
+        counts = torch.tensor(class_counts(train_set), dtype=torch.float32).clamp(min=1)
+        class_weights = (counts.sum() / (len(counts) * counts)).tolist()
+    elif isinstance(loss.class_weights, list):
+        class_weights = loss.class_weights
+    return MultitaskLoss(
+        ClassificationLoss(labels.num_image_classes, class_weights=class_weights, label_smoothing=loss.label_smoothing),
+        SegmentationLoss(seg_mode, ce_weight=loss.ce_weight, dice_weight=loss.dice_weight),
+        weighting=loss.weighting, alpha=loss.alpha, beta=loss.beta, alpha_start=loss.alpha_start,
+        alpha_end=loss.alpha_end, beta_start=loss.beta_start, beta_end=loss.beta_end)
+
+
+def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfig:
+    s, stop = stage, stage.early_stopping
+    return EngineConfig(
+        epochs=s.epochs, lr=s.lr, backbone_lr=s.backbone_lr or s.lr, weight_decay=s.weight_decay,
+        warmup_epochs=s.warmup_epochs, warmup_lr_ratio=s.warmup_lr_ratio, eta_min_ratio=s.eta_min_ratio,
+        grad_clip=s.grad_clip, accumulate_grad_batches=s.accumulate_grad_batches,
+        precision=settings.precision, device=settings.accelerator, monitor=stop.monitor,
+        mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,
+        dropout_rate=s.dropout.rate, dropout_warmup_step=s.dropout.warmup_step,
+        freeze_backbone=s.freeze_backbone, seed=s.seed, max_batches_per_epoch=s.max_batches_per_epoch,
+        resume=s.resume, time_budget_s=s.time_budget_s)
+
+
+def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes: Sequence[str],
+                       checkpoints: CheckpointStore, model: ModelParams, stage: StageParams,
+                       augmentation: AugmentationParams, data: DataParams, runtime: RuntimeParams,
+                       trainer: TrainerParams, stage_name: str, init_store: CheckpointStore | None = None,
+                       training_logger: TrainingLogger | None = None) -> StagePlan:
+    """Decide where the weights start, build model, loss and datasets: the stage, ready to :func:`run_stage`.
+
+    ``checkpoints`` is this stage's store (``resume`` continues from its ``last``); ``init_store``
+    the previous stage's, for ``init_from: stageN``. ``training_logger`` receives the per-epoch
+    metrics and checkpoints on the main process (None: nothing is logged).
+    """
+    settings = resolve_trainer(**trainer.model_dump())
+    if runtime.cpu_threads is not None:
+        torch.set_num_threads(runtime.cpu_threads)
+    _log_advice(manifest, settings, stage_name)
+    validate_recipe(augmentation.recipe)
+    labels = labels_from_manifest(manifest, defect_classes=list(defect_classes), good_label=data.good_label)
+    init_state, init_description = (None, "resume") if (stage.resume and checkpoints.has_last()) else \
+        initial_weights(stage_name, stage, init_store)
+    net, model_meta = _network(model, labels, init_state, init_description, stage.seed)
+    logger.info("%s: starting from %s", stage_name, init_description)
+
+    common = {"root": raw_root, "labels": labels, "seg_mode": model.seg_mode,
+              "binarize_threshold": data.masks.binarize_threshold}
+    train_set = ManifestDataset(manifest, split="train", **common, transform=build_transform(
+        augmentation.recipe, image_size=model.image_size, train=True, seed=stage.seed))
+    val_set = ManifestDataset(manifest, split="val", **common, transform=build_transform(
+        augmentation.recipe, image_size=model.image_size, train=False))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"{stage_name}: the manifest has {len(train_set)} accepted train and {len(val_set)} val "
+                         "samples; both must be non-empty (run the data pipeline, check data.split)")
+    loss_fn = _loss(stage, labels, model.seg_mode, train_set)
+    engine_cfg = _engine_config(stage, settings)
+    meta = {"stage": stage_name, "model_meta": model_meta, "labels": labels.to_dict(),
+            "config": {"model": model.model_dump(), "stage": stage.model_dump(mode="json"),
+                       "augmentation": augmentation.model_dump(mode="json")},
+            "manifest_hash": manifest_hash(manifest), "init_from": init_description,
+            "trainer": {**settings.describe(), "global_batch_size": global_batch_size(stage, settings)}}
+    logger.info("%s: %d train / %d val samples, %s x %d process(es), precision %s, batch %d per process x %d "
+                "processes x %d accumulation = %d samples per optimizer step", stage_name, len(train_set),
+                len(val_set), settings.accelerator, settings.world_size, engine_cfg.precision, stage.batch_size,
+                settings.world_size, stage.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
+    job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model.seg_mode), engine_cfg,
+                      checkpoints, meta, batch_size=stage.batch_size, num_workers=stage.num_workers,
+                      training_logger=training_logger, cpu_threads=runtime.cpu_threads)
+    return StagePlan(job, settings, stage_name, model, stage, labels, init_description)
+
+
+def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) -> dict[str, Any]:
+    store, meta = plan.job.store, plan.job.meta
+    return {
+        "stage": plan.stage_name, "backbone": plan.model.backbone, "decoder": plan.job.model.decoder_name,
+        "device": plan.settings.accelerator, "precision": plan.job.config.precision, "trainer": meta["trainer"],
+        "init_from": plan.init_description, "monitor": monitor, "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
+        "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+        "already_finished": result.already_finished, "resumed_from_epoch": result.resumed_from_epoch,
+        "best_checkpoint": str(store.best_path), "last_checkpoint": str(store.last_path),
+        "parameters": count_parameters(plan.job.model), "labels": plan.labels.to_dict(),
+        "manifest_hash": meta["manifest_hash"],
+        "final": {k: v for k, v in (result.history[-1] if result.history else {}).items()},
+        "best_values": best_values(history),
+    }
+
+
+def run_stage(plan: StagePlan, diagnosis: DiagnosisParams) -> StageResult:
+    """Train the planned stage and build its results; the diagnosis uses the stage's monitored metric.
+
+    With ``trainer.devices x trainer.num_nodes > 1`` the training runs in worker processes launched
+    by Lightning Fabric (:func:`defect_pipeline.ml.distributed.launch`); rank 0 writes the
+    checkpoints, and the results are built here, in the calling process.
+    """
+    stage_name, store, tracker = plan.stage_name, plan.job.store, plan.job.training_logger
+    result = launch(plan.settings, run_training_job, plan.job)
+    if result.already_finished and tracker is not None:  # nothing trained: the logger still gets the curves
+        tracker.log_steps(result.steps)
+        for row in result.history:
+            tracker.log_epoch(int(row["epoch"]), int(row["global_step"]), row)
+    history = pd.DataFrame(result.history)
+    monitor = f"val_{plan.stage.early_stopping.monitor}"
+    summary = _summary(plan, result, history, monitor)
+    steps = pd.DataFrame(result.steps)
+    config = DiagnosisConfig.from_params(diagnosis, monitor=monitor, mode=plan.stage.early_stopping.mode)
+    report = diagnose(history, config, steps=steps, stopped_early=result.stop_reason == "early_stopping")
+    summary["diagnosis"] = [f"{f['severity']}: {f['kind']}" for f in report["findings"]]
+    for finding in report["findings"]:
+        if finding["severity"] != "info":
+            logger.warning("%s diagnosis — %s: %s. %s", stage_name, finding["kind"], finding["message"],
+                           finding["recommendation"])
+    curves = plot_training_curves(history, monitor=monitor, title=f"{stage_name}: {plan.model.backbone}")
+    best_kind = "best" if store.has_best() else "last"
+    package = ModelPackage.from_checkpoint(store.load(best_kind),
+                                           source=str(store.best_path if best_kind == "best" else store.last_path))
+    markdown = render_diagnosis_markdown(report, title=f"{stage_name} ({plan.model.backbone})")
+    return StageResult(store, history, summary, curves, package, steps, report, markdown)
+
+
+def join_stage(plan: StagePlan) -> None:
+    """Run this node's ranks of a multi-node stage that node 0 trains; nothing is written or logged here."""
+    if plan.settings.num_nodes < 2:
+        raise ValueError(f"joining {plan.stage_name} needs trainer.num_nodes > 1 (got {plan.settings.num_nodes}); "
+                         "pass the same --env/--params as node 0's kedro run")
+    plan.job.training_logger = None
+    launch(plan.settings, run_training_job, plan.job, joining=True)
