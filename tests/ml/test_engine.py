@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from pathlib import Path
@@ -226,18 +227,43 @@ def test_crash_during_checkpoint_write_leaves_the_previous_file_intact(tmp_path:
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_non_finite_loss_stops_at_once_and_keeps_best(tmp_path: Path) -> None:
-    net, _ = run(tmp_path, config(epochs=1))
-    best_before = (tmp_path / "best.pt").read_bytes()
-    weights_before = {k: v.clone() for k, v in net.state_dict().items()}
-    poisoned = TinyNet()
-    poisoned.load_state_dict(weights_before)
-    with torch.no_grad():
-        poisoned.cls.bias.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"step \d+, epoch 1, batch 0"):
-        run(tmp_path / "nan", config(epochs=2), model=poisoned)
-    assert not (tmp_path / "nan" / "best.pt").exists()
-    assert (tmp_path / "best.pt").read_bytes() == best_before
+def _fingerprint(path: Path) -> tuple[str, int]:
+    """A file's content hash and modification time."""
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+class NanImages(Squares):
+    """Squares whose images are all NaN: every batch's loss is non-finite."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        item["image"] = torch.full_like(item["image"], float("nan"))
+        return item
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_best_and_last(tmp_path: Path) -> None:
+    """A resumed run whose first batch has a NaN loss leaves its own folder's ``best.pt`` and ``last.pt``
+    byte-identical (same mtime) and its weights where ``last.pt`` left them.
+
+    The earlier version compared ``tmp_path/best.pt`` while the NaN run wrote to ``tmp_path/nan``, so
+    it could not fail; this one fails against an engine that saves ``last`` before raising or steps
+    the optimizer on the NaN batch (both checked by hand with such mutants).
+    """
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 of 2 done and checkpointed: best.pt and last.pt exist
+        run(tmp_path, config(epochs=2), training_logger=InterruptAfter(1))
+    files = {kind: (tmp_path / f"{kind}.pt") for kind in ("best", "last")}
+    before = {kind: _fingerprint(path) for kind, path in files.items()}
+    saved_weights = safe_torch_load(files["last"])["model"]
+    torch.manual_seed(0)
+    net = TinyNet()
+    nan_loader = DataLoader(NanImages(24, 1), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteLossError, match=r"step 6, epoch 2, batch 0 .*weights were not updated"):
+        train(net, make_loss("fixed"), nan_loader, loaders()[1], metrics=MultitaskMetrics(LABELS, "multiclass"),
+              config=config(epochs=2), store=CheckpointStore(str(tmp_path)), meta=META)
+    assert {kind: _fingerprint(path) for kind, path in files.items()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp file left either
+    for name, value in net.named_parameters():  # resumed from last.pt, then not stepped on the NaN batch
+        torch.testing.assert_close(value, saved_weights[name], rtol=0, atol=0, msg=name)
 
 
 def test_frozen_backbone_stays_unchanged(tmp_path: Path) -> None:
