@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from defect_pipeline.config import DataParams, ParameterError, validate_parameters
 from tests.conftest import REPO_ROOT
@@ -69,9 +70,19 @@ def test_unknown_block_and_non_mapping_block() -> None:
 
 
 def test_validated_config_is_frozen() -> None:
+    """Assigning to a validated block, or to a nested one, is refused by pydantic naming the key.
+
+    The earlier ``pytest.raises(Exception)`` also passed for any unrelated error (shown with a
+    StrictModel mutated to raise a bare ``AttributeError("read-only")``: old check passed, this fails).
+    """
     params = validate_parameters({"data": {}})["data"]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"DataParams\nraw_root\n  Instance is frozen") as error:
         params.raw_root = "elsewhere"  # type: ignore[misc]
+    assert [(e["type"], e["loc"]) for e in error.value.errors()] == [("frozen_instance", ("raw_root",))]
+    assert params.raw_root is None
+    with pytest.raises(ValidationError, match=r"DemoParams\noutput_dir\n  Instance is frozen"):
+        params.demo.output_dir = "elsewhere"  # type: ignore[misc]
+    assert params.demo.output_dir == "data/01_raw/demo"
 
 
 def test_ensemble_block_checks_weights_and_flips() -> None:

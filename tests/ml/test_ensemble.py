@@ -55,9 +55,31 @@ def test_an_ensemble_of_two_backbones_averages_their_probabilities(resnet, convn
         np.testing.assert_allclose(got.class_probs, 0.75 * ra.class_probs + 0.25 * rb.class_probs, atol=1e-7)
         np.testing.assert_allclose(got.seg_probs, 0.75 * ra.seg_probs + 0.25 * rb.seg_probs, atol=1e-7)
         assert got.seg_probs.shape[:2] == ra.seg_probs.shape[:2]  # at the image's own size
-    predictions = ensemble.predict(images)
-    assert [p.mask.shape for p in predictions] == [(64, 64), (50, 90)]
-    assert all(p.label == ("good" if p.defect_score < 0.4 else p.label) for p in predictions)
+    assert [p.mask.shape for p in ensemble.predict(images)] == [(64, 64), (50, 90)]
+
+
+def test_an_ensemble_labels_each_image_from_the_averaged_scores_at_its_own_threshold(resnet, convnext) -> None:
+    """The label follows the weighted mean of the members' class probabilities and the ensemble's own
+    image threshold, set between the two images' mean defect scores so that one image is "good" and
+    the other the most probable defect class.
+
+    The earlier check (``label == ("good" if score < 0.4 else label)``) compared a label with itself
+    above the threshold; against an ensemble mutated to decide at the default 0.5 instead of its own
+    threshold, the old check passed and this one fails.
+    """
+    a, b = Predictor(resnet), Predictor(convnext)
+    images = _images()
+    mean_probs = [0.75 * ra.class_probs + 0.25 * rb.class_probs
+                  for ra, rb in zip(a.probabilities(images), b.probabilities(images))]
+    scores = [1.0 - float(probs[0]) for probs in mean_probs]  # 1 - p(good)
+    threshold = (scores[0] + scores[1]) / 2
+    expected = ["good" if score < threshold else LABELS.defect_classes[int(np.argmax(probs[1:]))]
+                for score, probs in zip(scores, mean_probs)]
+    assert "good" in expected and set(expected) - {"good"}, "the setup must give one image of each kind"
+
+    predictions = EnsemblePredictor([a, b], weights=[3, 1], thresholds=Thresholds(image=threshold)).predict(images)
+    assert [p.label for p in predictions] == expected
+    assert [p.defect_score for p in predictions] == pytest.approx(scores, abs=1e-6)
 
 
 def test_members_with_other_classes_are_refused_naming_both(resnet) -> None:

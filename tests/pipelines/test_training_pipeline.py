@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,12 @@ def test_default_run_trains_all_three_stages_in_order(kedro_project: Path) -> No
     assert _summary(kedro_project, "stage3")["init_from"].endswith("stage2/best.pt")
     last = safe_torch_load(kedro_project / "data/06_models/stage3/last.pt")
     assert last["config"]["stage"]["loss"]["weighting"] == "uncertainty"
-    assert "log_var_cls" in last["history"][-1] or "loss_weight_log_var_cls" in last["history"][-1]
+    # the learned uncertainty weights are history columns (and so MLflow metrics) under loss_weight_*
+    stage3_history = pd.read_csv(kedro_project / "data/08_reporting/stage3/history.csv")
+    learned = ["loss_weight_log_var_cls", "loss_weight_log_var_seg", "loss_weight_alpha", "loss_weight_beta"]
+    assert set(learned) <= set(stage3_history.columns) and set(learned) <= set(last["history"][-1])
+    assert stage3_history["loss_weight_alpha"].iloc[-1] == pytest.approx(
+        math.exp(-stage3_history["loss_weight_log_var_cls"].iloc[-1]), rel=1e-5)
     stage1 = safe_torch_load(kedro_project / "data/06_models/stage1/last.pt")
     assert stage1["config"]["stage"]["freeze_backbone"] is True
 
