@@ -2,7 +2,8 @@
 
 ``resolve_device`` and ``resolve_precision`` turn the ``trainer`` block's ``auto`` values into a
 concrete device and precision (bf16 on a CPU only where it is measured to be faster than fp32:
-:func:`cpu_has_fast_bf16`); :func:`autocast` is the forward pass's mixed-precision context. The
+:func:`measure_bf16_speed` returns the timings and the decision, :func:`cpu_has_fast_bf16` caches
+it); :func:`autocast` is the forward pass's mixed-precision context. The
 training engine and :mod:`defect_pipeline.ml.distributed` both use these, so they live apart
 from either.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,31 +21,78 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when bf16 matmuls are measurably faster than fp32 on this CPU.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+MIN_BF16_SPEEDUP = 1.25  # bf16 must be at least this much faster than fp32 to be chosen
+
+
+@dataclass(frozen=True)
+class Bf16Measurement:
+    """What the bf16 capability check saw and decided (:func:`measure_bf16_speed`).
+
+    ``fp32_seconds``/``bf16_seconds``: the time of ``repeats`` ``size`` x ``size`` matmuls in
+    each dtype (None when the flags precondition failed and nothing was measured); ``fast``: the
+    decision, ``bf16_seconds * MIN_BF16_SPEEDUP < fp32_seconds``; ``reason``: the decision in words.
+    """
+
+    fast: bool
+    reason: str
+    flags: tuple[str, ...]  # the bf16 flags the CPU advertises
+    size: int
+    fp32_seconds: float | None = None
+    bf16_seconds: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """fp32 time / bf16 time (above 1: bf16 is faster)."""
+        if self.fp32_seconds is None or not self.bf16_seconds:
+            return None
+        return self.fp32_seconds / self.bf16_seconds
+
+
+def _matmul_seconds(dtype: torch.dtype, size: int, repeats: int) -> float:
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return time.perf_counter() - start
+
+
+def measure_bf16_speed(size: int = 384, *, repeats: int = 4, cpuinfo: str | None = None) -> Bf16Measurement:
+    """Whether bf16 matmuls are measurably faster than fp32 on this CPU, with the timings that decided it.
 
     CPU flags are not enough: a virtual CPU may advertise AVX512-BF16 and still run bf16 slower
-    than fp32 (seen on the CI machines: 1.9× slower). So the flags are a precondition and a
-    few-millisecond matmul benchmark decides; bf16 must be at least 1.25× faster.
+    than fp32 (seen on the CI machines: 1.9x slower). So the flags (``amx_bf16`` or
+    ``avx512_bf16`` in ``/proc/cpuinfo``) are a precondition and a few-millisecond matmul
+    benchmark decides: bf16 must be at least ``MIN_BF16_SPEEDUP`` x faster. ``cpuinfo``: the
+    text to read the flags from (default: this machine's ``/proc/cpuinfo``).
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    if "amx_bf16" not in flags and "avx512_bf16" not in flags:
-        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError as error:
+            return Bf16Measurement(False, f"fp32: cannot read the CPU flags ({error}); bf16 not measured", (), size)
+    flags = tuple(flag for flag in BF16_FLAGS if flag in cpuinfo)
+    if not flags:
+        return Bf16Measurement(False, f"fp32: this CPU advertises neither {' nor '.join(BF16_FLAGS)} (no native bf16 "
+                                      "matmuls); bf16 not measured", flags, size)
+    fp32 = _matmul_seconds(torch.float32, size, repeats)
+    bf16 = _matmul_seconds(torch.bfloat16, size, repeats)
+    fast = bf16 * MIN_BF16_SPEEDUP < fp32
+    verdict = "bf16" if fast else "fp32"
+    reason = (f"{verdict}: {repeats} {size}x{size} matmuls took {fp32 * 1e3:.2f} ms in fp32 and {bf16 * 1e3:.2f} ms "
+              f"in bf16 ({fp32 / bf16:.2f}x; bf16 needs at least {MIN_BF16_SPEEDUP}x) with {', '.join(flags)}")
+    return Bf16Measurement(fast, reason, flags, size, fp32, bf16)
 
-    def seconds(dtype: torch.dtype) -> float:
-        a = torch.randn(384, 384).to(dtype)
-        b = torch.randn(384, 384).to(dtype)
-        a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        return time.perf_counter() - start
 
-    return seconds(torch.bfloat16) * 1.25 < seconds(torch.float32)
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when bf16 matmuls are measurably faster than fp32 on this CPU (:func:`measure_bf16_speed`,
+    measured once per process; the decision and its timings go to the log)."""
+    measurement = measure_bf16_speed()
+    logger.info("CPU precision check: %s", measurement.reason)
+    return measurement.fast
 
 
 def resolve_device(requested: str) -> str:
