@@ -266,6 +266,17 @@ def test_non_finite_loss_stops_at_once_and_keeps_best_and_last(tmp_path: Path) -
         torch.testing.assert_close(value, saved_weights[name], rtol=0, atol=0, msg=name)
 
 
+def test_each_epoch_records_the_torch_threads_it_trained_with(tmp_path: Path) -> None:
+    """The history's ``cpu_threads`` is what torch used (the benchmark sections report it), not a setting."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _, result = run(tmp_path, config(epochs=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert [row["cpu_threads"] for row in result.history] == [2, 2]
+
+
 def test_frozen_backbone_stays_unchanged(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = TinyNet()

@@ -31,6 +31,9 @@ def test_two_backbones_compared_and_failures_reported(kedro_project: Path, monke
     ok = table.loc[["resnet18", "convnext_atto"]]
     assert (ok["epochs_run"] == 2).all() and (ok["train_samples_per_s"] > 0).all()
     assert ok.loc["resnet18", "parameters_m"] > ok.loc["convnext_atto", "parameters_m"] > 0
+    # how each candidate was set up, as its training recorded it (conf/base: runtime.cpu_threads 1)
+    assert (ok["initial_weights"] == "random initialisation (model.pretrained: false, no model.checkpoint_path)").all()
+    assert (ok["cpu_threads"] == 1).all()
     assert "unknown backbone 'no_such_net'" in table.loc["no_such_net", "error"]
     assert "GiB" in table.loc["convnext_large", "error"] and "skipped" in table.loc["convnext_large", "error"]
     markdown = (out / "comparison.md").read_text()

@@ -32,6 +32,16 @@ def test_default_run_trains_all_three_stages_in_order(kedro_project: Path) -> No
     assert _summary(kedro_project, "stage1")["init_from"] == "scratch"
     assert _summary(kedro_project, "stage2")["init_from"].endswith("stage1/best.pt")
     assert _summary(kedro_project, "stage3")["init_from"].endswith("stage2/best.pt")
+    # where each stage's weights started and the threads it trained with (conf/base: runtime.cpu_threads 1)
+    assert _summary(kedro_project, "stage1")["initial_weights"] == {
+        "init_from": "scratch", "pretrained": False, "checkpoint_path": None,
+        "description": "random initialisation (model.pretrained: false, no model.checkpoint_path)"}
+    stage2_start = _summary(kedro_project, "stage2")["initial_weights"]
+    assert stage2_start["init_from"].endswith("stage1/best.pt") and stage2_start["pretrained"] is False
+    assert stage2_start["description"] == f"the weights of {stage2_start['init_from']}"
+    for stage in ("stage1", "stage2", "stage3"):
+        assert _summary(kedro_project, stage)["cpu_threads"] == 1
+        assert list(pd.read_csv(kedro_project / f"data/08_reporting/{stage}/history.csv")["cpu_threads"]) == [1]
     last = safe_torch_load(kedro_project / "data/06_models/stage3/last.pt")
     assert last["config"]["stage"]["loss"]["weighting"] == "uncertainty"
     # the learned uncertainty weights are history columns (and so MLflow metrics) under loss_weight_*

@@ -2,7 +2,8 @@
 
 The comparison itself is the pipeline (``kedro run --env neu_seg --pipeline=compare_backbones``,
 equal time budget per backbone); this command copies its table and recommendations, with the
-machine and the command, into the ``backbones`` section.
+machine and the command, into the ``backbones`` section, with how the candidates were set up
+(initial weights, torch threads) as the comparison recorded it.
 
 ``python -m defect_pipeline.benchmarks backbones --project <project dir> --title "NEU-Seg (CPU)"``
 """
@@ -14,7 +15,29 @@ from pathlib import Path
 import pandas as pd
 
 from defect_pipeline.benchmarks import describe_machine, project_report_arguments, write_section
+from defect_pipeline.benchmarks.recorded import threads_used
 from defect_pipeline.markdown import markdown_table
+
+
+def setup_sentence(table: pd.DataFrame) -> str:
+    """How the compared candidates were set up, from ``comparison.csv``'s ``initial_weights`` and
+    ``cpu_threads`` columns (what each candidate's training recorded)."""
+    from defect_pipeline.ml.stage import describe_initial_weights
+
+    ok = table[table["status"] == "ok"] if "status" in table.columns else table
+    starts = ok["initial_weights"].dropna().unique() if "initial_weights" in ok.columns else []
+    if len(starts) == 0:
+        weights = "Initial weights: not recorded in comparison.csv (a comparison from before they were recorded)"
+    elif len(starts) == 1:
+        weights = f"Every backbone started from {starts[0]}"
+        if starts[0] == describe_initial_weights("scratch", pretrained=False, checkpoint_path=None):
+            weights += (": the ranking says which architecture learns fastest from scratch on this data and machine, "
+                        "not which pretrained backbone is best")
+    else:
+        weights = "Initial weights: " + "; ".join(f"{row['backbone']} from {row['initial_weights']}"
+                                                  for _, row in ok.iterrows())
+    threads = threads_used(ok["cpu_threads"]) if "cpu_threads" in ok.columns else threads_used([])
+    return f"{weights}. Training ran with {threads} (`runtime.cpu_threads`)."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## {args.title}: backbone comparison at an equal CPU budget",
         "",
         f"Produced by `{args.command}` (recipe: `{args.recipe}`), then `python -m defect_pipeline.benchmarks "
-        f"backbones --project {args.project}`, on {describe_machine()}. Random initialisation (the model hub is "
-        "unreachable here): the ranking says which architecture learns fastest from scratch on this data and CPU, "
-        "not which pretrained backbone is best.",
+        f"backbones --project {args.project}`, on {describe_machine()}. {setup_sentence(table)}",
         "",
         markdown_table([label for _, label, _ in present], rows),
         "",

@@ -10,7 +10,8 @@ figure is the model step's, not the image decoding's.
 
 ``python -m defect_pipeline.benchmarks distributed --processes 1 2`` writes the section
 ``distributed_<accelerator>`` of docs/benchmarks.md. Process counts above the visible GPUs are
-reported as not measured.
+reported as not measured. On CPU the section states the torch threads each process trained with,
+as the history recorded them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.benchmarks.recorded import threads_used
 
 
 class SyntheticDefects(Dataset):
@@ -86,8 +88,17 @@ def _measure(processes: int, args: argparse.Namespace, folder: Path) -> dict[str
     last = result.history[-1]
     return {"processes": processes, "accelerator": settings.accelerator, "precision": settings.precision,
             "batch": args.batch_size, "global_batch": args.batch_size * processes,
-            "samples_per_s": float(last["train_samples_per_s"]),
+            "samples_per_s": float(last["train_samples_per_s"]), "cpu_threads": last.get("cpu_threads"),
             "peak_gpu_mem_mb": last.get("peak_gpu_mem_mb")}
+
+
+def cpu_threads_sentence(rows: list[dict[str, Any]], requested: int | None, cores: int | None = None) -> str:
+    """The torch threads each process trained with, as rank 0's history recorded them, and what that
+    means for the speed-up on this machine's cores."""
+    asked = f"`--threads {requested}`" if requested else "`--threads` not given: torch's default"
+    return (f"Each process trained with {threads_used(row.get('cpu_threads') for row in rows)} (recorded by rank 0; "
+            f"{asked}) and the processes share this machine's {cores or os.cpu_count()} cores: the speed-up cannot "
+            "exceed cores / threads per process.")
 
 
 def main(argv: list[str]) -> None:
@@ -138,8 +149,6 @@ def main(argv: list[str]) -> None:
         lines += ["", f"Not measured: {', '.join(map(str, skipped))} {plural} — this machine has {visible} visible "
                       f"{unit}(s)."]
     if accelerator == "cpu":
-        threads = args.threads or "torch's default number of"
-        lines += ["", f"Each process ran {threads} torch thread(s) and the processes share this machine's "
-                      f"{os.cpu_count()} cores: the speed-up cannot exceed cores / threads per process."]
+        lines += ["", cpu_threads_sentence(rows, args.threads)]
     write_section(Path(args.doc), f"distributed_{accelerator}", "\n".join(lines))
     print("\n".join(lines))

@@ -4,7 +4,9 @@ Reads a project where ``kedro run`` (or ``thresholds`` + ``evaluate``) and ``ked
 --pipeline=export`` have run: the table comes from ``data/08_reporting/evaluation/summary.json``;
 the throughput is measured here, in one process, on the same preloaded test images, alternating
 the two backends ``--rounds`` times with the same thread count (median per backend), so the
-ratio is not skewed by a noisy machine drifting between two runs.
+ratio is not skewed by a noisy machine drifting between two runs. The section says where the
+model's weights started (from the training summaries, :mod:`defect_pipeline.benchmarks.recorded`)
+and the threads each backend ran with here.
 
 ``python -m defect_pipeline.benchmarks evaluation --project <project dir> --title "NEU-Seg (CPU)"``
 writes the section ``evaluation`` of docs/benchmarks.md.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ import pandas as pd
 import torch
 
 from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.benchmarks.recorded import weights_lineage
 
 
 def throughput(predictor: Any, images: list, batch_size: int) -> float:
@@ -69,6 +73,18 @@ def measure(package_folder: Path, images: list, *, batch_size: int, rounds: int,
             "same_threads_forward_ratio": forward_medians["onnx_same_threads"] / forward_medians["torch"]}
 
 
+def threads_sentence(torch_threads: int, onnx_threads: int | None, cores: int | None = None) -> str:
+    """The threads each backend ran with in this measurement, on this machine's cores."""
+    cores = cores or os.cpu_count()
+    onnx = f"{onnx_threads} (`--onnx-threads`)" if onnx_threads else \
+        "its default, one per physical core (`--onnx-threads` not given)"
+    same = onnx_threads == torch_threads
+    return (f"PyTorch ran with {torch_threads} thread{'s' if torch_threads != 1 else ''} (`--threads`) and "
+            f"onnxruntime with {onnx} on this machine's {cores} cores"
+            + (": the same thread count, so the ratio compares the two runtimes alone." if same else
+               "; the row at PyTorch's thread count separates the runtime from the thread count."))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks evaluation")
     parser.add_argument("--project", default=".", help="project folder whose data/ holds the run")
@@ -108,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Produced by `{args.command}`, then `python -m defect_pipeline.benchmarks evaluation --project "
         f"{args.project}` on {describe_machine()}. Model: {model['backbone']} + {model['decoder']} "
-        f"({model['stage']}, epoch {model['epoch']}, {model['image_size']} px, random initialisation). "
+        f"({model['stage']}, epoch {model['epoch']}, {model['image_size']} px); initial weights: "
+        f"{weights_lineage(project, model['stage'])}. "
         f"Tuned on val: pixel {t['pixel']:.3f}, min area {t['min_area']} px, classes: {per_class}"
         + (f", image {t['image']:.3f}" if "good" in (summary.get('model', {}).get('classes') or []) else "") + ".",
         "",
@@ -117,9 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         *(f"| {k} | {pct(fixed.get(k))} % | {pct(tuned.get(k))} % | "
           f"{'–' if fixed.get(k) is None else f'{100 * (tuned[k] - fixed[k]):+.1f}'} |" for k in keys if k in fixed),
         "",
-        f"Inference throughput on {speed['images']} test images (batch {speed['batch_size']}; PyTorch with "
-        f"{speed['threads']} thread(s), onnxruntime with {args.onnx_threads or 'its default (one per physical core)'}"
-        f" — each as the project configures it (`runtime.cpu_threads`, `runtime.onnx_threads`); median of "
+        f"Inference throughput on {speed['images']} test images (batch {speed['batch_size']}; median of "
         f"{speed['rounds']} alternating rounds in one process):",
         "",
         "| backend | images/s, end to end | images/s, network only |",
@@ -133,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| ratio at the same thread count | {speed['same_threads_ratio']:.2f}× | "
         f"{speed['same_threads_forward_ratio']:.2f}× |",
         "",
-        "PyTorch runs with one thread because on these 2-core machines two torch threads ran 8–25× slower "
-        "(docs/training.md); onnxruntime uses both cores well, which is where most of its lead comes from.",
+        threads_sentence(speed["threads"], args.onnx_threads),
         "",
         "Goal: onnxruntime ≥ 1.5× eager, each as configured. " + ("Met." if speed["ratio_onnx_over_torch"] >= 1.5 else
                                              f"**Not met on this CPU**: the network alone is only "

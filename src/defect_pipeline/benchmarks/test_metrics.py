@@ -7,7 +7,8 @@ Loads a stage checkpoint (model, label space and configuration are in it), runs 
 accepted ``test`` rows of the manifest with the validation transform, and reports mIoU with and
 without background, per-class IoU, image accuracy and macro F1 — the way NEU-Seg results are
 published (mIoU over the 4 classes including background) — plus the training wall time summed
-from the stages' histories.
+from the stages' histories. Where the weights started and how many torch threads training used
+come from the run's own records (:mod:`defect_pipeline.benchmarks.recorded`).
 
 ``python -m defect_pipeline.benchmarks test_metrics --project <project dir> --stages stage1 stage2
 stage3 --title "NEU-Seg (CPU)"`` writes the section ``test_metrics`` of docs/benchmarks.md.
@@ -25,6 +26,7 @@ import pandas as pd
 import torch
 
 from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.benchmarks.recorded import threads_used, weights_lineage
 
 
 def evaluate_checkpoint(checkpoint: Path, manifest: pd.DataFrame, root: str, *, split: str = "test",
@@ -80,11 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
     last_stage = args.stages[-1]
     result = evaluate_checkpoint(project / f"data/06_models/{last_stage}/best.pt", manifest, args.root)
-    training_seconds, epochs = 0.0, []
+    training_seconds, epochs, threads = 0.0, [], []
     for stage in args.stages:
         history = pd.read_csv(project / f"data/08_reporting/{stage}/history.csv")
         training_seconds += float(history["epoch_seconds"].sum())
         epochs.append(f"{stage} {len(history)}")
+        threads.extend(history["cpu_threads"] if "cpu_threads" in history.columns else [])
     summary = json.loads((project / f"data/08_reporting/{last_stage}/training_summary.json").read_text())
     per_class = [k for k in result if k.startswith("iou/")]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Trained by `{args.command}` and measured by `python -m defect_pipeline.benchmarks test_metrics "
         f"--project {args.project} --root {args.root}` on {describe_machine()}. Model: {summary['backbone']} + "
-        f"{summary['decoder']}, random initialisation (no pretrained weights: the model hub is unreachable "
-        f"here), epochs: {', '.join(epochs)}, training precision {summary.get('precision', 'fp32')} "
+        f"{summary['decoder']}; initial weights: {weights_lineage(project, last_stage)}. Trained with "
+        f"{threads_used(threads)} per process, epochs: {', '.join(epochs)}, training precision "
+        f"{summary.get('precision', 'fp32')} "
         f"(`precision: auto` measures the CPU). Checkpoint: {last_stage} best (epoch {summary['best_epoch']}, "
         f"{summary['monitor']} {summary['best_metric']:.4f} on val). Argmax decisions at the model's input size "
         "(the `evaluation` section below measures at each image's own size, fixed and tuned).",

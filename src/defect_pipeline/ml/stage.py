@@ -7,7 +7,8 @@ train/val datasets, engine settings, checkpoint store) and the resolved machine 
 decides where the weights start (scratch, the previous stage's ``best``, a checkpoint file, or
 this stage's own ``last`` to resume) and logs the recipe advice for this data and machine.
 :func:`run_stage` launches the job (in this process or in Lightning Fabric workers) and turns
-what it returns into a :class:`StageResult` (history, summary, curves, the best checkpoint as a
+what it returns into a :class:`StageResult` (history, summary — including where the weights
+started and the torch threads training used —, curves, the best checkpoint as a
 model package, per-step rows, the curve diagnosis); :func:`join_stage` runs a non-zero node's
 ranks of a multi-node stage. This is the one ``ml`` module that reads config models (typed
 configs in, plain keyword arguments to the library); it imports neither Kedro nor MLflow: the
@@ -115,6 +116,35 @@ def initial_weights(stage_name: str, stage: StageParams, init_store: CheckpointS
             )
         return read_weights_file(init_store.best_path), str(init_store.best_path)
     return read_weights_file(stage.init_from), stage.init_from
+
+
+def describe_initial_weights(init_from: str, *, pretrained: bool, checkpoint_path: str | None) -> str:
+    """Where a stage's weights started, in words, from what it was built with.
+
+    ``init_from`` as the summary records it (``scratch``, ``resume`` or the file the weights came
+    from); ``pretrained`` and ``checkpoint_path``: the ``model`` settings applied to a fresh
+    network (they only apply to ``scratch``).
+    """
+    if init_from == "scratch":
+        if checkpoint_path:
+            return f"backbone weights from {checkpoint_path} (model.checkpoint_path), the rest randomly initialised"
+        if pretrained:
+            return "pretrained backbone weights (model.pretrained: true), the rest randomly initialised"
+        return "random initialisation (model.pretrained: false, no model.checkpoint_path)"
+    if init_from == "resume":
+        return "its own last checkpoint (resumed; where the interrupted run started is not recorded)"
+    return f"the weights of {init_from}"
+
+
+def initial_weights_record(init_from: str, model: ModelParams) -> dict[str, Any]:
+    """The summary's ``initial_weights``: ``init_from`` (as :func:`build_training_job` decided it),
+    the ``model.pretrained`` / ``model.checkpoint_path`` :func:`_network` applied (only from
+    scratch), and their :func:`describe_initial_weights`."""
+    scratch = init_from == "scratch"
+    pretrained = bool(model.pretrained and scratch)
+    checkpoint_path = model.checkpoint_path if scratch else None
+    return {"init_from": init_from, "pretrained": pretrained, "checkpoint_path": checkpoint_path,
+            "description": describe_initial_weights(init_from, pretrained=pretrained, checkpoint_path=checkpoint_path)}
 
 
 def _log_advice(manifest: pd.DataFrame, settings: TrainerSettings, stage_name: str) -> None:
@@ -237,7 +267,10 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
     return {
         "stage": plan.stage_name, "backbone": plan.model.backbone, "decoder": plan.job.model.decoder_name,
         "device": plan.settings.accelerator, "precision": plan.job.config.precision, "trainer": meta["trainer"],
-        "init_from": plan.init_description, "monitor": monitor, "best_metric": result.best_metric,
+        "init_from": plan.init_description,
+        "initial_weights": initial_weights_record(plan.init_description, plan.model),
+        "cpu_threads": (result.history[-1] if result.history else {}).get("cpu_threads"),
+        "monitor": monitor, "best_metric": result.best_metric,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
         "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
         "already_finished": result.already_finished, "resumed_from_epoch": result.resumed_from_epoch,

@@ -230,7 +230,8 @@ def end_epoch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, 
 
 def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
                val: dict[str, float]) -> dict[str, Any]:
-    """The epoch's history row: mean training losses, validation figures, LRs, dropout, loss weights, timings."""
+    """The epoch's history row: mean training losses, validation figures, LRs, dropout, loss weights, timings,
+    memory and the torch CPU threads it ran with."""
     row: dict[str, Any] = {"epoch": progress.epoch, "global_step": state.global_step}
     row.update({k: v / max(progress.seen, 1) for k, v in progress.sums.items()})
     row.update(val)
@@ -242,6 +243,7 @@ def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
     row["epoch_seconds"] = time.perf_counter() - progress.started
     row["train_samples_per_s"] = (progress.seen - progress.seen_before) / max(progress.train_seconds, 1e-9)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["cpu_threads"] = torch.get_num_threads()  # runtime.cpu_threads, or torch's default when unset
     if torch.cuda.is_available() and setup.config.device.startswith("cuda"):
         row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return row

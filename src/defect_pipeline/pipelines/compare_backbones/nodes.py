@@ -65,6 +65,8 @@ def _result(history: pd.DataFrame, summary: dict[str, Any]) -> dict[str, Any]:
         "training_seconds": float(history["epoch_seconds"].sum()) if "epoch_seconds" in history else None,
         "peak_rss_mb": peak("peak_rss_mb"), "peak_gpu_mem_mb": peak("peak_gpu_mem_mb"),
         "diagnosis": summary.get("diagnosis", []),
+        # how the candidate was set up, for the sections that report the comparison
+        "initial_weights": summary["initial_weights"]["description"], "cpu_threads": summary.get("cpu_threads"),
     }
 
 
