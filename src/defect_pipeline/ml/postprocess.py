@@ -109,27 +109,38 @@ class RawOutput:
         """``(H, W)`` probability that a pixel is a defect (any class)."""
         return self.seg_probs[:, :, 0] if self.seg_probs.shape[2] == 1 else 1.0 - self.seg_probs[:, :, 0]
 
+    @property
+    def defect_class_map(self) -> np.ndarray:
+        """``(H, W)`` segmentation index of each pixel if it is called a defect: 1 + its most probable
+        defect class (binary: 1)."""
+        if self.seg_probs.shape[2] == 1:
+            return np.ones(self.seg_probs.shape[:2], dtype=np.uint8)
+        return (1 + np.argmax(self.seg_probs[:, :, 1:], axis=2)).astype(np.uint8)
+
+
+def decide_labels(class_probs: np.ndarray, labels: LabelSpace, thresholds: Thresholds) -> np.ndarray:
+    """Image-class index of each row of ``class_probs`` (N x image classes) at an operating point.
+
+    The image rule of :func:`decide`, for many images at once (threshold tuning checks accuracy with it).
+    """
+    class_probs = np.asarray(class_probs, dtype=np.float64).reshape(-1, labels.num_image_classes)
+    offset = 1 if labels.has_good else 0
+    defect_probs = class_probs[:, offset:]
+    if thresholds.per_class:
+        scale = np.asarray([thresholds.per_class.get(c, 1.0) for c in labels.defect_classes], dtype=np.float64)
+        defect_probs = defect_probs / scale
+    indices = offset + np.argmax(defect_probs, axis=1)
+    if labels.has_good:
+        indices = np.where(1.0 - class_probs[:, 0] >= thresholds.image, indices, 0)
+    return indices
+
 
 def decide(raw: RawOutput, labels: LabelSpace, thresholds: Thresholds) -> Prediction:
     """Label, scores and mask of one image at an operating point (see :class:`Thresholds`)."""
     names = labels.image_classes
     scores = {name: float(p) for name, p in zip(names, raw.class_probs, strict=True)}
-    defect_probs = raw.class_probs[1:] if labels.has_good else raw.class_probs
-    if thresholds.per_class:
-        scale = np.asarray([thresholds.per_class.get(c, 1.0) for c in labels.defect_classes], dtype=np.float64)
-        best_defect = labels.defect_classes[int(np.argmax(defect_probs / scale))]
-    else:
-        best_defect = labels.defect_classes[int(np.argmax(defect_probs))]
-    if labels.has_good:
-        defect_score = 1.0 - scores[labels.good_label]
-        label = best_defect if defect_score >= thresholds.image else labels.good_label
-    else:
-        defect_score, label = 1.0, best_defect
-    probs = raw.seg_probs
-    if probs.shape[2] == 1:
-        mask = (probs[:, :, 0] >= thresholds.pixel).astype(np.uint8)
-    else:
-        is_defect = (1.0 - probs[:, :, 0]) >= thresholds.pixel
-        mask = np.where(is_defect, 1 + np.argmax(probs[:, :, 1:], axis=2), 0).astype(np.uint8)
+    label = names[int(decide_labels(raw.class_probs, labels, thresholds)[0])]
+    defect_score = 1.0 - scores[labels.good_label] if labels.has_good else 1.0
+    mask = np.where(raw.defect_pixel_probs >= thresholds.pixel, raw.defect_class_map, 0).astype(np.uint8)
     mask = remove_small_regions(mask, int(thresholds.min_area))
     return Prediction(label, scores, float(defect_score), mask, int((mask > 0).sum()))
