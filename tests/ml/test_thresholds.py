@@ -103,3 +103,15 @@ def test_min_area_removes_false_specks_and_keeps_real_regions() -> None:
     assert result["min_area"] == 2              # the smallest area that drops the specks
     scores = {row["min_area"]: row["dice"] for row in result["candidates"]}
     assert scores[2] == pytest.approx(1.0) and scores[0] < 1.0 and scores[200] == 0.0
+
+
+def test_min_area_is_chosen_among_the_allowed_candidates_only() -> None:
+    stats = RegionStats()
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    predicted = truth.copy()
+    predicted[2, 2] = predicted[30, 5] = True
+    stats.update(predicted, truth)
+    assert select_min_area(stats, [2, 4], allowed=[0, 4])["min_area"] == 4   # 2 would be best, but is not allowed
+    assert select_min_area(stats, [2, 4], allowed=[])["min_area"] == 0       # nothing allowed: keep every region
+    assert len(select_min_area(stats, [2, 4], allowed=[0])["candidates"]) == 3  # every candidate is still reported

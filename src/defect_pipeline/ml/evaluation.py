@@ -26,19 +26,29 @@ from torchmetrics.functional.classification import (
     binary_roc,
     multiclass_auroc,
     multiclass_average_precision,
-    multiclass_confusion_matrix,
 )
 from tqdm.auto import tqdm
 
 from defect_pipeline.ml.dataset import ManifestDataset
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.ml.metrics import MultitaskMetrics, f1_from_confusion
+from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.postprocess import RawOutput, Thresholds, decide
 from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.ml.threshold_checks import (
+    AreaConfusion,
+    CheckRules,
+    Verdict,
+    checked_thresholds,
+    judge_image,
+    judge_pixel,
+    min_areas_within_tolerance,
+    thresholds_status,
+)
 from defect_pipeline.ml.thresholds import (
-    PixelHistogram,
+    PixelConfusion,
     RegionStats,
     ThresholdChoice,
+    select_class_thresholds,
     select_min_area,
     select_pixel_threshold,
     select_threshold,
@@ -83,47 +93,28 @@ class TuningResult:
     report: dict[str, Any]
 
 
-def _class_thresholds(class_probs: np.ndarray, targets: np.ndarray, labels: LabelSpace
-                      ) -> tuple[dict[str, float], dict[str, Any]]:
-    """One-vs-rest max-F1 thresholds per defect class, kept only when they raise validation macro F1."""
-    offset = 1 if labels.has_good else 0
-    defect_rows = targets >= offset  # the class decision only matters on defect images
-    choices = {}
-    for i, name in enumerate(labels.defect_classes):
-        choice = select_threshold(class_probs[defect_rows, offset + i], targets[defect_rows] == offset + i,
-                                  name=f"class {name}")
-        choices[name] = choice
-    per_class = {name: max(c.threshold, 1e-3) for name, c in choices.items() if not c.fallback}
-    if len(per_class) < len(labels.defect_classes):
-        return {}, {"used": False, "reason": "a class has no validation positives or negatives",
-                    "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()}}
-
-    def macro_f1(scale: np.ndarray) -> float:  # the training metric's rule: classes that never occur left out
-        predicted = torch.from_numpy(np.argmax(class_probs[defect_rows, offset:] / scale, axis=1))
-        truth = torch.from_numpy(targets[defect_rows] - offset)
-        f1 = f1_from_confusion(multiclass_confusion_matrix(predicted, truth, num_classes=len(labels.defect_classes)))
-        present = f1[~f1.isnan()]
-        return float(present.mean()) if present.numel() else 0.0
-
-    plain = macro_f1(np.ones(len(labels.defect_classes)))
-    scaled = macro_f1(np.asarray([per_class[c] for c in labels.defect_classes]))
-    used = scaled > plain
-    return (per_class if used else {}), {
-        "used": bool(used), "val_macro_f1_among_defects": {"argmax": plain, "per_class_thresholds": scaled},
-        "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()},
-    }
+def _seg_truth(mask: np.ndarray, seg_mode: str) -> np.ndarray:
+    """Target class index of each pixel: the mask itself, or defect (1) vs background (0) in binary mode."""
+    return (mask > 0).astype(np.int64) if seg_mode == "binary" else mask.astype(np.int64)
 
 
 def tune_thresholds(dataset: ManifestDataset, predictor: Predictor, *, criterion: str = "max_f1",
                     target: float | None = None, pixel_metric: str = "dice", min_area_candidates: list[int] | None = None,
-                    per_class: bool = True, batch_size: int = 16, num_workers: int = 0) -> TuningResult:
-    """Choose image, per-class, pixel and min-area thresholds on ``dataset`` (two passes when min-area is tuned)."""
-    labels = predictor.labels
-    histogram = PixelHistogram()
+                    per_class: bool = True, rules: CheckRules | None = None, batch_size: int = 16,
+                    num_workers: int = 0) -> TuningResult:
+    """Choose image, per-class, pixel and min-area thresholds on ``dataset`` (two passes when min-area is tuned).
+
+    Each part (image + per class, pixel + min area) is used only when it passes the checks of
+    :mod:`~defect_pipeline.ml.threshold_checks` under ``rules``; otherwise it keeps the fixed value, a
+    warning says why, and ``report["status"]`` reads ``kept_fixed:<part>_<reason>`` (else ``tuned``).
+    """
+    labels, rules = predictor.labels, rules or CheckRules()
+    seg_mode = predictor.seg_mode
+    confusion = PixelConfusion(2 if seg_mode == "binary" else labels.num_seg_classes)
     defect_scores, class_rows, targets = [], [], []
     for _, mask, target_index, _, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,
                                                  desc="thresholds: pass 1"):
-        histogram.update(raw.defect_pixel_probs, mask > 0)
+        confusion.update(raw.defect_pixel_probs, _seg_truth(mask, seg_mode), raw.defect_class_map)
         class_rows.append(raw.class_probs)
         defect_scores.append(1.0 - float(raw.class_probs[0]) if labels.has_good else 1.0)
         targets.append(target_index)
@@ -136,45 +127,64 @@ def tune_thresholds(dataset: ManifestDataset, predictor: Predictor, *, criterion
         image = ThresholdChoice(0.5, criterion, target, fallback=True,
                                 warning="no defect-free class: every image is a defect, the image threshold "
                                         "does not apply")
-    pixel = select_pixel_threshold(histogram, metric=pixel_metric)
-    classes, class_report = _class_thresholds(class_probs, targets_arr, labels) if per_class else \
+    pixel = select_pixel_threshold(confusion.histogram(), metric=pixel_metric)
+    classes, class_report = select_class_thresholds(class_probs, targets_arr, labels) if per_class else \
         ({}, {"used": False, "reason": "thresholds.per_class is false"})
+    verdicts = {"image": judge_image(class_probs, targets_arr, labels, image, classes, criterion=criterion,
+                                     target=target, rules=rules),
+                "pixel": judge_pixel(confusion, pixel, metric=pixel_metric, rules=rules)}
 
     area_report: dict[str, Any] = {"min_area": 0, "candidates": [], "reason": "no candidates"}
     candidates = sorted(set(min_area_candidates or []) - {0})
-    if candidates and not pixel.fallback:
-        stats = RegionStats()
+    if candidates and verdicts["pixel"].use_tuned:
+        stats, areas = RegionStats(), AreaConfusion([0, *candidates], confusion.num_classes)
         no_area = Thresholds(image=image.threshold, pixel=pixel.threshold, min_area=0)
         for _, mask, _, _, raw in iterate(dataset, predictor, batch_size=batch_size, num_workers=num_workers,
                                           desc="thresholds: pass 2 (min area)"):
-            stats.update(decide(raw, labels, no_area).mask > 0, mask > 0)
-        area_report = select_min_area(stats, [0, *candidates], metric=pixel_metric)
-    thresholds = Thresholds(image=image.threshold, pixel=pixel.threshold, min_area=int(area_report["min_area"]),
-                            per_class=classes, source=f"tuned on {len(targets)} '{dataset.split}' images "
-                                                          f"(image: {criterion}, pixel: max {pixel_metric})")
+            predicted = decide(raw, labels, no_area).mask
+            stats.update(predicted > 0, mask > 0)
+            areas.update(predicted, _seg_truth(mask, seg_mode))
+        within = min_areas_within_tolerance(areas, verdicts["pixel"].checks["miou"]["fixed"], rules)
+        area_report = {**select_min_area(stats, [0, *candidates], metric=pixel_metric, allowed=within["allowed"]),
+                       "miou_check": within}
+        if not within["allowed"]:  # the exact masks disagree with the binned check at the bin edge
+            verdicts["pixel"] = Verdict("pixel", False, "miou_drop", within["message"], verdicts["pixel"].checks)
+    elif candidates:
+        area_report["reason"] = "the pixel threshold keeps its fixed value"
+    thresholds, status = checked_thresholds(image, pixel, classes, int(area_report["min_area"]), verdicts,
+                                             base=f"tuned on {len(targets)} '{dataset.split}' images "
+                                                  f"(image: {criterion}, pixel: max {pixel_metric})")
     warnings_ = [w for w in (image.warning, pixel.warning) if w and not (w.startswith("no defect-free"))]
+    for verdict in verdicts.values():
+        if not verdict.use_tuned and verdict.reason != "cannot_tune":  # the fallback warned already
+            message = f"{verdict.part} threshold kept at its fixed value: {verdict.message}"
+            logger.warning("thresholds: %s", message)
+            warnings_.append(message)
     report = {
-        "thresholds": thresholds.to_dict(), "split": dataset.split, "samples": len(targets),
-        "image": image.to_dict(), "pixel": pixel.to_dict(), "per_class": class_report, "min_area": area_report,
-        "warnings": warnings_,
+        "thresholds": thresholds.to_dict(), "status": status, "split": dataset.split, "samples": len(targets),
+        "checks": {part: verdict.to_dict() for part, verdict in verdicts.items()}, "image": image.to_dict(),
+        "pixel": pixel.to_dict(), "per_class": class_report, "min_area": area_report, "warnings": warnings_,
     }
     return TuningResult(thresholds, report)
+
+
+def _not_used(verdict: dict[str, Any] | None) -> str:
+    return f" (not used: {verdict['reason']})" if verdict and not verdict["use_tuned"] else ""
 
 
 def plot_threshold_curves(report: dict[str, Any]) -> Figure:
     """Image-level PR and ROC curves with the chosen point, and pixel metric against threshold."""
     figure = Figure(figsize=(15, 4.2))
     pr_ax, roc_ax, pix_ax = figure.subplots(1, 3)
-    image = report["image"]
+    image, checks = report["image"], report.get("checks", {})
     curve = image.get("curve") or {}
     if curve:
         pr_ax.plot(curve["recall"], curve["precision"])
         roc_ax.plot(curve["false_alarm_rate"], curve["true_positive_rate"])
         if image.get("recall") is not None:
-            pr_ax.scatter([image["recall"]], [image["precision"]], color="red", zorder=3,
-                          label=f"t = {image['threshold']:.3f}")
-            roc_ax.scatter([image["false_alarm_rate"]], [image["recall"]], color="red", zorder=3,
-                           label=f"t = {image['threshold']:.3f}")
+            label = f"t = {image['threshold']:.3f}" + _not_used(checks.get("image"))
+            pr_ax.scatter([image["recall"]], [image["precision"]], color="red", zorder=3, label=label)
+            roc_ax.scatter([image["false_alarm_rate"]], [image["recall"]], color="red", zorder=3, label=label)
             pr_ax.legend()
             roc_ax.legend()
     else:
@@ -187,7 +197,8 @@ def plot_threshold_curves(report: dict[str, Any]) -> Figure:
     metric = pixel["criterion"].removeprefix("max_")
     if pixel.get("curve"):
         pix_ax.plot(pixel["curve"]["threshold"], pixel["curve"][metric])
-        pix_ax.axvline(pixel["threshold"], color="red", linestyle="--", label=f"t = {pixel['threshold']:.3f}")
+        pix_ax.axvline(pixel["threshold"], color="red", linestyle="--",
+                       label=f"t = {pixel['threshold']:.3f}" + _not_used(checks.get("pixel")))
         pix_ax.legend()
     pix_ax.set(title=f"pixel: {metric} vs threshold", xlabel="threshold", ylabel=metric, xlim=(0, 1))
     figure.tight_layout()

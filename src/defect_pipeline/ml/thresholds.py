@@ -1,6 +1,6 @@
 """Choosing operating points on validation predictions.
 
-Three thresholds, each an explicit, recorded choice:
+Four kinds of threshold, each an explicit, recorded choice:
 
 * **image** — defect vs good on ``defect_score = 1 - p(good)``, by a criterion:
   ``max_f1`` (best F1 of the defect class), ``target_false_alarm_rate`` (the lowest threshold whose
@@ -10,21 +10,33 @@ Three thresholds, each an explicit, recorded choice:
 * **pixel** — on the defect probability of each pixel, maximising Dice (or IoU) over all
   validation pixels, computed from streaming histograms (memory does not grow with the data).
 * **min_area** — the smallest region kept, among candidates, maximising the same pixel metric.
+* **per_class** — one-vs-rest max-F1 thresholds per defect class, kept only when they raise the
+  macro F1 among defect images over the plain argmax.
 
 Guards: a validation set without defect images or without good images (or without defect
 pixels) cannot place a threshold; the choice falls back to the default 0.5 with a warning that
-says why, and ``fallback: true`` is recorded — never a degenerate 0 or 1.
+says why, and ``fallback: true`` is recorded — never a degenerate 0 or 1. Whether a tuned choice
+is then used at all is decided by :mod:`defect_pipeline.ml.threshold_checks`, from the streaming
+counts kept here (:class:`PixelConfusion`: the segmentation confusion at every pixel threshold).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+from torchmetrics.functional.classification import (
+    binary_precision_recall_curve,
+    binary_roc,
+    multiclass_confusion_matrix,
+)
+
+from defect_pipeline.ml.labels import LabelSpace
+from defect_pipeline.ml.metrics import f1_from_confusion
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +156,49 @@ class PixelHistogram:
         return thresholds, tp, fp, fn
 
 
+class PixelConfusion:
+    """Streaming segmentation confusion for every pixel threshold at once.
+
+    Counts pixels by (probability bin, true class, class the pixel gets when called a defect), so
+    the confusion matrix (rows = target, columns = prediction; class 0 = background) at any
+    threshold on the bin grid is a sum over bins — the same matrix :class:`~defect_pipeline.ml.
+    metrics.MultitaskMetrics` would accumulate from :func:`~defect_pipeline.ml.postprocess.decide`'s
+    masks at that threshold and no minimum area. Memory: ``bins x classes²`` counts.
+    """
+
+    def __init__(self, num_classes: int, bins: int = 200):
+        if num_classes < 2:
+            raise ValueError(f"a segmentation confusion needs >= 2 classes (background + defects), got {num_classes}")
+        self.bins, self.num_classes = bins, num_classes
+        self.counts = np.zeros((bins, num_classes, num_classes), dtype=np.int64)
+
+    def update(self, probs: np.ndarray, truth: np.ndarray, defect_class: np.ndarray) -> None:
+        """``probs``: defect probability per pixel; ``truth``: true class index; ``defect_class``: the class
+        index (>= 1) the pixel gets when called a defect."""
+        index = np.clip((np.asarray(probs, dtype=np.float64) * self.bins).astype(np.int64), 0, self.bins - 1)
+        c = self.num_classes
+        truth = np.asarray(truth, dtype=np.int64)
+        if truth.size and (truth.min() < 0 or truth.max() >= c):
+            raise ValueError(f"mask values must be class indices 0..{c - 1} (background + defect classes), found "
+                             f"{int(truth.min())}..{int(truth.max())}: check data.classes and the masks' encoding")
+        flat = (index * c + truth) * c + np.asarray(defect_class, dtype=np.int64)
+        self.counts += np.bincount(flat.reshape(-1), minlength=self.bins * c * c).reshape(self.bins, c, c)
+
+    def confusion_at(self, threshold: float) -> np.ndarray:
+        """The (target x prediction) matrix when pixels with probability ``>= threshold`` are defects."""
+        first = int(np.clip(np.ceil(threshold * self.bins - 1e-9), 0, self.bins))  # first bin called a defect
+        matrix = self.counts[first:].sum(axis=0)
+        matrix[:, 0] += self.counts[:first].sum(axis=(0, 2))
+        return matrix
+
+    def histogram(self) -> PixelHistogram:
+        """Defect vs background counts per bin (what :func:`select_pixel_threshold` reads)."""
+        histogram = PixelHistogram(self.bins)
+        histogram.positive = self.counts[:, 1:, :].sum(axis=(1, 2))
+        histogram.negative = self.counts[:, 0, :].sum(axis=1)
+        return histogram
+
+
 def pixel_score(tp: Any, fp: Any, fn: Any, metric: str) -> np.ndarray:
     tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
     if metric == "dice":
@@ -202,9 +257,13 @@ class RegionStats:
         self.overlaps.extend(int(o) for o in overlaps[1:])
 
 
-def select_min_area(stats: RegionStats, candidates: list[int], *, metric: Literal["dice", "iou"] = "dice"
-                    ) -> dict[str, Any]:
-    """The candidate minimum area maximising the pixel metric (ties → the smallest area)."""
+def select_min_area(stats: RegionStats, candidates: list[int], *, metric: Literal["dice", "iou"] = "dice",
+                    allowed: Collection[int] | None = None) -> dict[str, Any]:
+    """The candidate minimum area maximising the pixel metric (ties → the smallest area).
+
+    ``allowed``: the candidates that may be chosen (None: all), e.g. those that pass the checks of
+    :mod:`defect_pipeline.ml.threshold_checks`; with none allowed, 0 (keep every region) is returned.
+    """
     areas = np.asarray(stats.areas, dtype=np.int64)
     overlaps = np.asarray(stats.overlaps, dtype=np.int64)
     rows = []
@@ -215,5 +274,38 @@ def select_min_area(stats: RegionStats, candidates: list[int], *, metric: Litera
         fn = stats.true_pixels - tp
         rows.append({"min_area": candidate, metric: float(pixel_score(tp, fp, fn, metric)),
                      "regions_kept": int(kept.sum())})
-    best = max(rows, key=lambda row: (row[metric], -row["min_area"]))
+    choosable = [row for row in rows if allowed is None or row["min_area"] in allowed] or [rows[0]]
+    best = max(choosable, key=lambda row: (row[metric], -row["min_area"]))
     return {"min_area": best["min_area"], "metric": metric, "score": best[metric], "candidates": rows}
+
+
+def select_class_thresholds(class_probs: np.ndarray, targets: np.ndarray, labels: LabelSpace
+                            ) -> tuple[dict[str, float], dict[str, Any]]:
+    """One-vs-rest max-F1 thresholds per defect class, kept only when they raise the macro F1 among defects
+    over the plain argmax (on these images); also the report of that choice."""
+    offset = 1 if labels.has_good else 0
+    defect_rows = targets >= offset  # the class decision only matters on defect images
+    choices = {}
+    for i, name in enumerate(labels.defect_classes):
+        choice = select_threshold(class_probs[defect_rows, offset + i], targets[defect_rows] == offset + i,
+                                  name=f"class {name}")
+        choices[name] = choice
+    per_class = {name: max(c.threshold, 1e-3) for name, c in choices.items() if not c.fallback}
+    if len(per_class) < len(labels.defect_classes):
+        return {}, {"used": False, "reason": "a class has no validation positives or negatives",
+                    "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()}}
+
+    def macro_f1(scale: np.ndarray) -> float:  # the training metric's rule: classes that never occur left out
+        predicted = torch.from_numpy(np.argmax(class_probs[defect_rows, offset:] / scale, axis=1))
+        truth = torch.from_numpy(targets[defect_rows] - offset)
+        f1 = f1_from_confusion(multiclass_confusion_matrix(predicted, truth, num_classes=len(labels.defect_classes)))
+        present = f1[~f1.isnan()]
+        return float(present.mean()) if present.numel() else 0.0
+
+    plain = macro_f1(np.ones(len(labels.defect_classes)))
+    scaled = macro_f1(np.asarray([per_class[c] for c in labels.defect_classes]))
+    used = scaled > plain
+    return (per_class if used else {}), {
+        "used": bool(used), "val_macro_f1_among_defects": {"argmax": plain, "per_class_thresholds": scaled},
+        "candidates": {k: v.to_dict(with_curve=False) for k, v in choices.items()},
+    }
