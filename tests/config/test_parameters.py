@@ -61,6 +61,14 @@ def test_bad_values_are_rejected(block: dict, fragment: str) -> None:
     assert fragment in str(error.value)
 
 
+@pytest.mark.parametrize(("key", "value"), [("max_accuracy_drop", 1.5), ("max_miou_drop", -0.1),
+                                            ("signal_sigmas", -1)])
+def test_threshold_checks_are_validated_by_name(key: str, value: float) -> None:
+    with pytest.raises(ParameterError, match=f"thresholds.{key}"):
+        validate_parameters({"thresholds": {key: value}})
+    assert validate_parameters({"thresholds": {key: 0}})["thresholds"].model_dump()[key] == 0
+
+
 def test_unknown_block_and_non_mapping_block() -> None:
     with pytest.raises(ParameterError) as error:
         validate_parameters({"dta": {}, "data": 3})

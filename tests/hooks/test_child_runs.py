@@ -71,3 +71,16 @@ def test_a_node_that_raises_fails_its_run(hook: MlflowStageRunHook) -> None:
     child = mlflow.active_run().info.run_id
     hook.on_node_error(node=node)
     assert mlflow.MlflowClient().get_run(child).info.status == "FAILED"
+
+
+def test_an_outcome_tags_its_run_whatever_its_status(hook: MlflowStageRunHook) -> None:
+    """The thresholds node says which thresholds it kept fixed through its outcome's tags (issue 15, item 6)."""
+    status = {"defect_pipeline.thresholds_status": "kept_fixed:image_no_signal"}
+    outputs = {"thresholds": {"image": 0.5}, "outcome": NodeOutcome(tags=status)}
+    run = _run(hook, _node(list(outputs)), outputs)
+    assert run.info.status == "FINISHED" and run.data.tags["defect_pipeline.thresholds_status"] == \
+        "kept_fixed:image_no_signal"
+    assert "defect_pipeline.comparison_status" not in run.data.tags
+    failed = NodeOutcome("failed", "boom", tags={"defect_pipeline.note": "x"})
+    run = _run(hook, _node(["outcome"]), {"outcome": failed})
+    assert run.info.status == "FAILED" and run.data.tags["defect_pipeline.note"] == "x"

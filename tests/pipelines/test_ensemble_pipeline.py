@@ -34,6 +34,11 @@ def test_an_ensemble_of_two_backbones_is_tuned_compared_and_used_for_inference(
     assert [m["backbone"] for m in spec["members"]] == ["resnet18", "convnext_atto"]
     assert spec["final_variant"] == "ensemble + TTA" and spec["weights"] == [0.5, 0.5]
     assert all(v["thresholds"]["source"].startswith("tuned on val") for v in spec["variants"].values())
+    # each variant's thresholds were checked against the fixed point; a part kept fixed says so in its source
+    tuning = json.loads((project / "data/08_reporting/ensemble/thresholds.json").read_text())
+    for name, variant in tuning["variants"].items():
+        assert set(variant["checks"]) == {"image", "pixel"}
+        assert variant["status"] == "tuned" or variant["status"] in spec["variants"][name]["thresholds"]["source"]
     summary = json.loads((project / "data/08_reporting/ensemble/summary.json").read_text())
     assert [row["variant"] for row in summary["variants"]] == \
         ["1:resnet18", "2:convnext_atto", "ensemble", "ensemble + TTA"]

@@ -28,6 +28,10 @@ def test_thresholds_json_records_the_choice_and_is_bundled_with_the_tuned_model(
     thresholds = report["thresholds"]
     assert set(thresholds) == {"image", "pixel", "min_area", "per_class", "source"}
     assert thresholds["source"].startswith("tuned on") and report["split"] == "val"
+    # every part was checked against the fixed point; the tiny run's 3 defect + 1 good validation images
+    # cannot show image signal (a random scorer reaches any AUROC there), so the image threshold stays 0.5
+    assert set(report["checks"]) == {"image", "pixel"} and report["status"].startswith("kept_fixed:image_no_signal")
+    assert thresholds["image"] == 0.5 and "image kept at the fixed value: no signal" in thresholds["source"]
     assert report["image"]["criterion"] == "max_f1" and "curve" in report["image"]
     assert report["pixel"]["criterion"] == "max_dice"
     assert {c["min_area"] for c in report["min_area"]["candidates"]} >= {0, 4, 8}
@@ -75,6 +79,9 @@ def test_evaluation_is_tracked_and_joined_to_the_training_run(tiny_default_run: 
     stage3, evaluate, thresholds = runs["stage3"], runs["evaluate"], runs["thresholds"]
     for run in (evaluate, thresholds, runs["predict"]):
         assert run.data.tags["defect_pipeline.source_run_id"] == stage3.info.run_id
+    status = _json(tiny_default_run / "data/07_model_output/thresholds.json")["status"]
+    assert thresholds.data.tags["defect_pipeline.thresholds_status"] == status
+    assert thresholds.data.params["thresholds.max_accuracy_drop"] == "0.02"
     summary = _json(tiny_default_run / "data/08_reporting/evaluation/summary.json")
     assert evaluate.data.metrics["test_combined_score"] == pytest.approx(
         summary["final_metrics_thresholded"]["combined_score"])

@@ -20,6 +20,18 @@ class ThresholdsParams(StrictModel):
     min_area_candidates: list[int] = Field([0, 4, 8, 16, 32, 64, 128],
                                            description="minimum region sizes (pixels) to try; [] = keep every region")
     per_class: bool = Field(True, description="tune one threshold per defect class (kept only if it helps on val)")
+    signal_sigmas: float = Field(
+        2.0, ge=0.0, description="the image thresholds are tuned only when the image AUROC on the split exceeds 0.5 by "
+                                 "this many standard deviations of a random scorer's AUROC on the same counts; "
+                                 "otherwise the model has no signal and the fixed 0.5 is kept (0: any AUROC above 0.5)")
+    max_accuracy_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="largest fall of the split's image accuracy (fixed 0.5 → tuned) that tuned "
+                                          "image/per-class thresholds may cause; more, and the fixed ones are kept "
+                                          "(1: no limit)")
+    max_miou_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="largest fall of the split's mIoU incl. background (fixed 0.5 / 0 px → "
+                                          "tuned) that a tuned pixel threshold and min area may cause; more, and "
+                                          "the fixed ones are kept (1: no limit)")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
 

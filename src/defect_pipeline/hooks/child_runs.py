@@ -64,8 +64,9 @@ class MlflowStageRunHook:
     that are MLflow artifacts (history, curves, summary, model) land in the child run. The run
     ends FAILED when the node raises (kedro-mlflow then fails the parent) or returns a
     :class:`NodeOutcome` that did not succeed (tagged ``defect_pipeline.comparison_status`` and
-    ``defect_pipeline.error``), FINISHED otherwise. Child runs of nodes that use a trained model
-    are tagged with the run that trained it (``defect_pipeline.source_run_id``).
+    ``defect_pipeline.error``), FINISHED otherwise; an outcome's own tags (e.g.
+    ``defect_pipeline.thresholds_status``) are set either way. Child runs of nodes that use a
+    trained model are tagged with the run that trained it (``defect_pipeline.source_run_id``).
 
     The parent run gets the reproducibility tags (git commit and dirty flag, kedro env, pipeline,
     command line) and the data-manifest hash once the manifest is read or written.
@@ -143,8 +144,10 @@ class MlflowStageRunHook:
         if child is None:
             return
         outcome = next((value for value in outputs.values() if isinstance(value, NodeOutcome)), NodeOutcome())
+        client = mlflow.MlflowClient()
+        for key, value in outcome.tags.items():
+            client.set_tag(child.run_id, key, str(value)[:5000])
         if not outcome.succeeded:
-            client = mlflow.MlflowClient()
             client.set_tag(child.run_id, f"{TAG_PREFIX}comparison_status", outcome.tag)
             if outcome.error:
                 client.set_tag(child.run_id, f"{TAG_PREFIX}error", outcome.error[:5000])

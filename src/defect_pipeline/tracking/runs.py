@@ -32,6 +32,8 @@ KIND_TAG = TAG_PREFIX + "kind"
 TRACKED_STAGE_TAG = "mlflow_child_run"
 KIND_TAG_PREFIX = "mlflow_kind."
 SOURCE_RUN_TAG = TAG_PREFIX + "source_run_id"  # evaluation/thresholds runs: the run that trained the model
+# thresholds runs: "tuned", or "kept_fixed:<part>_<reason>,..." when a tuned part would have made the model worse
+THRESHOLDS_STATUS_TAG = TAG_PREFIX + "thresholds_status"
 
 
 def kind_tag(kind: str) -> str:

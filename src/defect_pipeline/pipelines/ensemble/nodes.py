@@ -33,6 +33,7 @@ from defect_pipeline.ml.model_use import (
     variant_predictor,
 )
 from defect_pipeline.ml.predict import check_same_classes
+from defect_pipeline.ml.threshold_checks import CheckRules
 from defect_pipeline.tracking.pyfunc import load_logged_package
 
 logger = logging.getLogger(__name__)
@@ -72,17 +73,22 @@ def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summa
                             split=thresholds.split)
     variants = _variants(names, ensemble.tta)
     report: dict[str, Any] = {"split": thresholds.split, "samples": len(dataset), "variants": {}}
+    rules = CheckRules(signal_sigmas=thresholds.signal_sigmas, max_accuracy_drop=thresholds.max_accuracy_drop,
+                       max_miou_drop=thresholds.max_miou_drop)
     for name, variant in variants.items():
         result = tune_thresholds(dataset, variant_predictor(packages, names, weights, variant),
                                  criterion=thresholds.criterion, target=thresholds.target,
                                  pixel_metric=thresholds.pixel_metric,
                                  min_area_candidates=thresholds.min_area_candidates, per_class=thresholds.per_class,
-                                 batch_size=ensemble.batch_size, num_workers=ensemble.num_workers)
+                                 rules=rules, batch_size=ensemble.batch_size, num_workers=ensemble.num_workers)
+        status = result.report["status"]
         variant["thresholds"] = {**result.thresholds.to_dict(),
-                                 "source": f"tuned on {thresholds.split} for ensemble variant '{name}'"}
+                                 "source": f"tuned on {thresholds.split} for ensemble variant '{name}'"
+                                           + ("" if status == "tuned" else f" ({status})")}
         report["variants"][name] = {"thresholds": variant["thresholds"], **{
-            k: v for k, v in result.report.items() if k in ("image", "pixel", "min_area", "per_class")}}
-        logger.info("ensemble: tuned %s on %d %s images", name, len(dataset), thresholds.split)
+            k: v for k, v in result.report.items() if k in ("status", "checks", "image", "pixel", "min_area",
+                                                            "per_class")}}
+        logger.info("ensemble: thresholds of %s on %d %s images: %s", name, len(dataset), thresholds.split, status)
     spec = {
         "members": [{"ref": ref, "name": name, "backbone": p.meta.get("backbone"),
                      "image_size": p.meta.get("image_size"), "weights_sha256": p.weights_sha256,

@@ -13,14 +13,24 @@ from defect_pipeline.ml.evaluation import plot_threshold_curves, tune_thresholds
 from defect_pipeline.ml.model_use import apply_runtime, model_description, split_dataset
 from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.ml.threshold_checks import CheckRules
+from defect_pipeline.tracking.outcome import NodeOutcome
+from defect_pipeline.tracking.runs import THRESHOLDS_STATUS_TAG
 
 logger = logging.getLogger(__name__)
 
 
+def check_rules(params: ThresholdsParams) -> CheckRules:
+    """The ``thresholds.*`` settings that decide when a tuned operating point is used."""
+    return CheckRules(signal_sigmas=params.signal_sigmas, max_accuracy_drop=params.max_accuracy_drop,
+                      max_miou_drop=params.max_miou_drop)
+
+
 def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
          params: ThresholdsParams, data: DataParams, runtime: RuntimeParams
-         ) -> tuple[dict[str, Any], Figure, ModelPackage]:
-    """``thresholds.json``, the threshold curves, and the model package with the tuned thresholds bundled."""
+         ) -> tuple[dict[str, Any], Figure, ModelPackage, NodeOutcome]:
+    """``thresholds.json``, the threshold curves, the model package with the thresholds bundled, and the
+    outcome that tags the MLflow run with the thresholds' status (tuned, or which part was kept fixed and why)."""
     apply_runtime(runtime.cpu_threads)
     package = model.load()
     dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
@@ -28,10 +38,13 @@ def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], 
                             split=params.split)
     result = tune_thresholds(dataset, Predictor(package), criterion=params.criterion, target=params.target,
                              pixel_metric=params.pixel_metric, min_area_candidates=params.min_area_candidates,
-                             per_class=params.per_class, batch_size=params.batch_size, num_workers=params.num_workers)
+                             per_class=params.per_class, rules=check_rules(params), batch_size=params.batch_size,
+                             num_workers=params.num_workers)
     report = {**result.report, "model": model_description(package), "parameters": params.model_dump(mode="json")}
     t = result.thresholds
-    logger.info("tuned thresholds on %d %s images: image %.3f, pixel %.3f, min area %d px%s", len(dataset),
-                params.split, t.image, t.pixel, t.min_area, f", per class {t.per_class}" if t.per_class else "")
+    logger.info("thresholds on %d %s images (%s): image %.3f, pixel %.3f, min area %d px%s", len(dataset),
+                params.split, result.report["status"], t.image, t.pixel, t.min_area,
+                f", per class {t.per_class}" if t.per_class else "")
     tuned = ModelPackage(package.state_dict, dict(package.meta), result.thresholds)
-    return report, plot_threshold_curves(result.report), tuned
+    outcome = NodeOutcome(tags={THRESHOLDS_STATUS_TAG: result.report["status"]})
+    return report, plot_threshold_curves(result.report), tuned, outcome

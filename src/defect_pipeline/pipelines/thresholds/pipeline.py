@@ -1,4 +1,5 @@
-"""``kedro run --pipeline=thresholds``: stage3's model → thresholds.json + the tuned model package."""
+"""``kedro run --pipeline=thresholds``: stage3's model → thresholds.json + the tuned model package (+ the node's
+:class:`~defect_pipeline.tracking.outcome.NodeOutcome`, whose tag says whether the thresholds were tuned or kept fixed)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,6 @@ def create_pipeline() -> Pipeline:
         Node(nodes.tune,
              [SOURCE_MODEL, "manifest", "raw_source", "scan_summary", "params:thresholds", "params:data",
               "params:runtime"],
-             ["tuned_thresholds", "threshold_curves", "tuned_model"], name="thresholds",
+             ["tuned_thresholds", "threshold_curves", "tuned_model", "thresholds_outcome"], name="thresholds",
              tags=[TRACKED_STAGE_TAG, kind_tag("thresholds")]),
     ])
