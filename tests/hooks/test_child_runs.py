@@ -21,6 +21,7 @@ def hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     previous, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes it too: restored after the test
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("child_runs")  # not an experiment id an earlier test left active in another store
     hook = MlflowStageRunHook()
     hook.after_context_created(SimpleNamespace(config_loader={"parameters": {"evaluation": {"split": "test"}}}))
     with mlflow.start_run(run_name="parent"):
