@@ -114,3 +114,25 @@ def test_blocks_kedro_already_typed_are_accepted_and_stages_are_registered() -> 
     assert all(isinstance(validated[stage], StageParams) for stage in STAGES)
     with pytest.raises(ParameterError, match="model: must be a mapping"):
         validate_parameters({"model": DataParams()})
+
+
+@pytest.mark.parametrize(("model", "fragment"), [
+    ({"input_mode": "crops"}, "model.input_mode: Input should be 'auto', 'resize' or 'crop'"),
+    ({"input_mode": "tile"}, "set 'crop' to train on crops"),
+    ({"crop": {"defect_rate": 1.5}}, "model.crop.defect_rate: Input should be less than or equal to 1"),
+    ({"crop": {"scale": 0}}, "model.crop.scale: Input should be greater than 0"),
+    ({"crop": {"scael": 0.5}}, "model.crop.scael: unknown key. Did you mean 'scale'?"),
+])
+def test_input_mode_and_crop_settings_are_checked_with_their_key(model: dict, fragment: str) -> None:
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"model": model})
+    assert fragment in str(error.value)
+
+
+def test_input_mode_defaults_to_auto_with_native_scale_crops() -> None:
+    from defect_pipeline.config import ModelParams
+
+    model = ModelParams.model_validate({"input_mode": "crop", "crop": {"scale": 0.5}})
+    assert (model.input_mode, model.crop.scale, model.crop.defect_rate) == ("crop", 0.5, 0.5)
+    default = ModelParams()
+    assert (default.input_mode, default.crop.scale, default.crop.defect_rate) == ("auto", 1.0, 0.5)

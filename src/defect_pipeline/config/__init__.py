@@ -25,6 +25,7 @@ from defect_pipeline.config.evaluation import (
 from defect_pipeline.config.tracking import CompareRunsParams
 from defect_pipeline.config.training import (
     AugmentationParams,
+    CropParams,
     LossParams,
     ModelParams,
     RuntimeParams,
@@ -43,6 +44,7 @@ __all__ = [
     "AugmentationParams",
     "CompareBackbonesParams",
     "CompareRunsParams",
+    "CropParams",
     "DiagnosisParams",
     "EnsembleParams",
     "EvaluationParams",

@@ -1,6 +1,7 @@
 """Parameters of model building, augmentation and the training stages.
 
-Blocks: ``model`` (shared by every stage: backbone, decoder, input size), ``augmentation``
+Blocks: ``model`` (shared by every stage: backbone, decoder, input size and input mode — whole
+images resized or crops —), ``augmentation``
 (the albumentations recipe and its preview) and one :class:`StageParams` block per stage
 (``stage1``, ``stage2``, ``stage3``): optimisation, loss weighting, schedules, early stopping,
 and where the stage starts from (``init_from``).
@@ -17,8 +18,28 @@ from defect_pipeline.config.base import StrictModel
 STAGES = ("stage1", "stage2", "stage3")  # the training stages, in order: one StageParams block each
 
 
+class CropParams(StrictModel):
+    """Block ``model.crop``: how training crops are taken when the input mode is ``crop``.
+
+    ``scale`` rescales the image before cropping (1.0 = native pixels; 0.5 = each crop of
+    ``image_size`` px covers ``2 x image_size`` native px); the model then expects images at that
+    scale (its package records ``input_scale``). ``defect_rate`` is the probability that a training
+    crop is placed on a random defect pixel of the mask (defect-aware sampling) instead of
+    uniformly over the image; validation crops follow the same rule with a fixed seed per sample.
+    """
+
+    scale: float = Field(1.0, gt=0.0, le=4.0, description="image rescale before cropping (1.0 = native)")
+    defect_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of crops placed on a defect pixel")
+
+
 class ModelParams(StrictModel):
-    """Block ``model``: the network every stage trains."""
+    """Block ``model``: the network every stage trains, and what its input is.
+
+    ``input_mode``: ``resize`` squashes each whole image to ``image_size x image_size``; ``crop``
+    trains on ``image_size x image_size`` crops at the ``crop.scale`` of the image (for large images
+    with small defects; prediction then slides a window over the image); ``auto`` chooses from the
+    image and defect sizes in the manifest (docs/training.md).
+    """
 
     backbone: str = "convnext_atto"
     decoder: Literal["auto", "fpn", "unet", "dpt", "sfp"] = "auto"
@@ -26,7 +47,19 @@ class ModelParams(StrictModel):
     pretrained: bool = False
     checkpoint_path: str | None = Field(None, description="local backbone weights (.safetensors or state dict)")
     seg_mode: Literal["multiclass", "binary"] = "multiclass"
-    image_size: int = Field(96, ge=16, le=4096)
+    image_size: int = Field(96, ge=16, le=4096, description="network input side: the resized image or the crop")
+    input_mode: Literal["auto", "resize", "crop"] = Field(
+        "auto", description="auto: crop for images much larger than image_size or with tiny defects, else resize")
+    crop: CropParams = CropParams()
+
+    @field_validator("input_mode", mode="before")
+    @classmethod
+    def _tile_is_a_package_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("tile", "tiles", "tiling", "sliding_window", "patch"):
+            raise ValueError(f"{value!r} is not a training input mode: set 'crop' to train on crops (the model "
+                             "package then records input_mode 'tile' and prediction slides a window), 'resize' "
+                             "for whole resized images, or 'auto'")
+        return value
 
 
 class RuntimeParams(StrictModel):
