@@ -11,6 +11,10 @@ the same decoding the data checks used. Masks become segmentation targets over
   (mmseg) already holds ``0..K`` and is used as it is;
 * ``seg_mode="binary"``: any mask becomes ``mask > 0`` (defect vs background).
 
+With a ``crop`` (:class:`~defect_pipeline.ml.crops.CropSampler`, input mode ``crop``) each item is
+a crop of the image, taken before the transform, and its image class follows the crop
+(:func:`~defect_pipeline.ml.crops.crop_target`: a crop without defect pixels is defect-free).
+
 :func:`create_dataloader` makes runs repeatable: a seeded ``torch.Generator`` drives shuffling
 and the workers' base seed, and :func:`seed_worker` seeds ``random``, ``numpy`` and the
 worker's copy of the albumentations transform from the worker's torch seed (see
@@ -30,6 +34,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from defect_pipeline.data.imageio import ImageDecodeError, load_image, load_mask
+from defect_pipeline.ml.crops import CropSampler, crop_target
 from defect_pipeline.ml.labels import LabelSpace
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "labels_from_manifest",
     "create_dataloader",
     "seed_worker",
+    "reseed_augmentations",
     "class_counts",
 ]
 
@@ -82,8 +88,9 @@ class ManifestDataset(Dataset):
     the position in this dataset (``dataset.sample_ids[index]`` names the sample). ``transform``
     is called as ``transform(image=uint8 (H, W, 3), mask=uint8 (H, W))`` and must return a dict
     with ``image`` and ``mask`` (e.g. :func:`defect_pipeline.ml.augment.build_transform`); with
-    ``transform=None`` the image is only scaled to ``[0, 1]``. Samples keep the manifest's row
-    order.
+    ``transform=None`` the image is only scaled to ``[0, 1]``. ``crop`` (optional) cuts the read
+    image and mask to a training crop first (``crop(image, mask, index=index)``); the item's
+    ``label`` is then the crop's class. Samples keep the manifest's row order.
 
     Attributes (plain lists, index-aligned, for reports and samplers): ``sample_ids``,
     ``image_paths`` (relative to ``root``), ``mask_paths`` (``None`` where there is no mask),
@@ -100,6 +107,7 @@ class ManifestDataset(Dataset):
         transform: Callable[..., dict[str, Any]] | None,
         seg_mode: str = "multiclass",
         binarize_threshold: int = 127,
+        crop: CropSampler | None = None,
     ):
         missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
         if missing:
@@ -110,6 +118,7 @@ class ManifestDataset(Dataset):
         self.split = split
         self.labels = labels
         self.transform = transform
+        self.crop = crop
         self.seg_mode = seg_mode
         self.binarize_threshold = int(binarize_threshold)
 
@@ -164,7 +173,7 @@ class ManifestDataset(Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, root={str(self.root)!r}, "
-                f"seg_mode={self.seg_mode!r})")
+                f"seg_mode={self.seg_mode!r}" + (f", crop={self.crop!r})" if self.crop is not None else ")"))
 
     def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The untransformed ``(image (H, W, 3) uint8, mask (H, W) uint8 target)`` of one sample.
@@ -226,17 +235,20 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.read_sample(index)
         index = index % len(self)
+        if self.crop is not None:
+            image, mask = self.crop(image, mask, index=index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image_out, mask_out = out["image"], out["mask"]
         else:
             image_out, mask_out = image, mask
-        return {
-            "image": _image_tensor(image_out),
-            "mask": torch.as_tensor(np.asarray(mask_out) if not torch.is_tensor(mask_out) else mask_out).long(),
-            "label": torch.tensor(self.targets[index], dtype=torch.long),
-            "index": int(index),
-        }
+        mask_tensor = torch.as_tensor(np.asarray(mask_out) if not torch.is_tensor(mask_out) else mask_out).long()
+        target = self.targets[index]
+        if self.crop is not None:
+            target = crop_target(mask_tensor.numpy(), image_target=target, labels=self.labels, seg_mode=self.seg_mode,
+                                 has_mask=self.mask_paths[index] is not None)
+        return {"image": _image_tensor(image_out), "mask": mask_tensor,
+                "label": torch.tensor(target, dtype=torch.long), "index": int(index)}
 
 
 def _image_tensor(image: Any) -> torch.Tensor:
@@ -273,19 +285,21 @@ def labels_from_manifest(manifest: pd.DataFrame, *, defect_classes: Sequence[str
 
 
 def _transforms_of(dataset: Any) -> Iterator[Any]:
-    """The ``transform`` objects of a dataset, looking through Subset/ConcatDataset wrappers."""
+    """The ``transform`` and ``crop`` objects of a dataset, looking through Subset/ConcatDataset wrappers."""
     if isinstance(dataset, Subset):
         yield from _transforms_of(dataset.dataset)
     elif isinstance(dataset, ConcatDataset):
         for part in dataset.datasets:
             yield from _transforms_of(part)
     else:
-        transform = getattr(dataset, "transform", None)
-        if transform is not None:
-            yield transform
+        for name in ("transform", "crop"):
+            random_part = getattr(dataset, name, None)
+            if random_part is not None:
+                yield random_part
 
 
-def _reseed_transforms(dataset: Any, seed: int) -> None:
+def reseed_augmentations(dataset: Any, seed: int) -> None:
+    """Reseed a dataset's random transform and crop sampler (through Subset/ConcatDataset wrappers)."""
     for transform in _transforms_of(dataset):
         set_seed = getattr(transform, "set_random_seed", None)
         if callable(set_seed):
@@ -305,7 +319,7 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     if info is not None:
-        _reseed_transforms(info.dataset, seed)
+        reseed_augmentations(info.dataset, seed)
 
 
 def create_dataloader(
@@ -348,7 +362,7 @@ def create_dataloader(
     else:
         generator.manual_seed(int(seed))
         if num_workers == 0:
-            _reseed_transforms(dataset, int(seed) % 2**32)
+            reseed_augmentations(dataset, int(seed) % 2**32)
     return DataLoader(
         dataset,
         batch_size=int(batch_size),

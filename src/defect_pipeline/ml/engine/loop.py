@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from defect_pipeline.ml.batch import Batch
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, restore_rng_state
+from defect_pipeline.ml.dataset import reseed_augmentations
 from defect_pipeline.ml.device import autocast
 from defect_pipeline.ml.distributed import Processes, SingleProcess, all_finite, average_gradients
 from defect_pipeline.ml.engine.interface import (
@@ -366,9 +367,7 @@ def _seed_epoch(loader, seed: int, epoch: int, rank: int = 0) -> None:
         sampler.set_epoch(epoch)
     if getattr(loader, "generator", None) is not None:
         loader.generator.manual_seed(epoch_seed)
-    transform = getattr(loader.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(epoch_seed)
+    reseed_augmentations(loader.dataset, epoch_seed)  # the transform and, for crops, the crop sampler
 
 
 def _sum_over_ranks(progress: EpochProgress, processes: Processes) -> None:
