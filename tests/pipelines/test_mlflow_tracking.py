@@ -61,6 +61,11 @@ def test_one_parent_run_and_one_child_run_per_stage(tracked_run) -> None:
     summary = json.loads((project / "data/08_reporting/stage1/training_summary.json").read_text())
     assert children["stage1"].data.tags["decoder"] == "fpn" == summary["decoder"]
     assert children["stage1"].data.tags["precision"] == summary["precision"] in ("fp32", "bf16")
+    # the demo's 64 px images at model.image_size 64: input_mode auto stays on whole resized images
+    assert children["stage1"].data.tags["input_mode"] == summary["input_mode"] == "resize"
+    assert summary["input_plan"]["requested"] == "auto" and "does not shrink" in summary["input_plan"]["reason"]
+    package_meta = json.loads((project / "data/06_models/stage1/model/model.json").read_text())
+    assert package_meta["input_mode"] == "resize" and package_meta["image_size"] == 64
     assert children["stage3"].data.params["loss.weighting"] == "uncertainty"
     # the parent keeps kedro-mlflow's flattened parameters of every block
     assert parent.data.params["model.backbone"] == "resnet18"

@@ -25,11 +25,11 @@ def _closed_port() -> int:
 
 
 def test_stage_params_are_flat_and_readable() -> None:
-    params = stage_params({"backbone": "convnext_atto", "image_size": 64},
+    params = stage_params({"backbone": "convnext_atto", "image_size": 64, "crop": {"scale": 0.5}},
                           {"lr": 1e-3, "backbone_lr": None, "loss": {"weighting": "uncertainty", "alpha": 1.0}},
                           runtime={"cpu_threads": 1},
                           augmentation={"recipe": [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip"}]})
-    assert params["backbone"] == "convnext_atto"
+    assert params["backbone"] == "convnext_atto" and params["crop.scale"] == 0.5 and "crop" not in params
     assert params["lr_head"] == 1e-3 and params["lr_backbone"] == 1e-3  # null backbone_lr means "same as lr"
     assert params["loss.weighting"] == "uncertainty" and params["loss.alpha"] == 1.0
     assert params["runtime.cpu_threads"] == 1

@@ -5,7 +5,8 @@
 :class:`~defect_pipeline.ml.engine.TrainingJob` every training process runs (network, loss,
 train/val datasets, engine settings, checkpoint store) and the resolved machine settings. It
 decides where the weights start (scratch, the previous stage's ``best``, a checkpoint file, or
-this stage's own ``last`` to resume) and logs the recipe advice for this data and machine.
+this stage's own ``last`` to resume), resolves ``model.input_mode`` (whole images resized, or crops:
+:mod:`defect_pipeline.ml.input_mode`) and logs the recipe advice for this data and machine.
 :func:`run_stage` launches the job (in this process or in Lightning Fabric workers) and turns
 what it returns into a :class:`StageResult` (history, summary — including where the weights
 started and the torch threads training used —, curves, the best checkpoint as a
@@ -40,11 +41,13 @@ from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.advice import machine_advice
 from defect_pipeline.ml.augment import build_transform, validate_recipe
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
+from defect_pipeline.ml.crops import CropSampler, CroppedTransform
 from defect_pipeline.ml.curves import plot_training_curves
 from defect_pipeline.ml.dataset import ManifestDataset, class_counts, labels_from_manifest
 from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
 from defect_pipeline.ml.distributed import TrainerSettings, launch, resolve_trainer
 from defect_pipeline.ml.engine import EngineConfig, TrainingJob, TrainingLogger, run_training_job
+from defect_pipeline.ml.input_mode import InputPlan, input_facts, package_input_meta, resolve_input_mode
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
@@ -55,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 # history column → whether higher is better; the best of each over the epochs is in the summary
 BEST_VALUE_COLUMNS = {"val_loss": False, "val_combined_score": True, "val_miou": True, "val_macro_f1": True}
+VAL_CROP_SEED = 0  # validation crops depend on (this, sample index) only: the same in every stage and run
 
 
 @dataclass
@@ -162,6 +166,41 @@ def _log_advice(manifest: pd.DataFrame, settings: TrainerSettings, stage_name: s
                 rec["class_weights"])
 
 
+def plan_input(manifest: pd.DataFrame, model: ModelParams) -> InputPlan:
+    """What ``model.input_mode`` resolves to for this manifest's training images (``auto``: the rule of
+    :mod:`defect_pipeline.ml.input_mode`)."""
+    facts = input_facts(manifest)
+    return resolve_input_mode(model.input_mode, image_size=model.image_size, median_width=facts.median_width,
+                              median_height=facts.median_height, median_defect_px=facts.median_defect_px)
+
+
+def crop_samplers(plan: InputPlan, model: ModelParams, seed: int) -> tuple[CropSampler | None, CropSampler | None]:
+    """The (train, val) crop samplers of a ``crop`` plan (random, seeded; deterministic per sample), else Nones."""
+    if plan.mode != "crop":
+        return None, None
+    common = {"scale": model.crop.scale, "defect_rate": model.crop.defect_rate}
+    return (CropSampler(model.image_size, **common, seed=seed),
+            CropSampler(model.image_size, **common, seed=VAL_CROP_SEED, deterministic=True))
+
+
+def preview_transform(manifest: pd.DataFrame, model: ModelParams, augmentation: AugmentationParams) -> Any:
+    """The display transform of the augmentation preview: what training sees (crops in ``crop`` mode)."""
+    transform = build_transform(augmentation.recipe, image_size=model.image_size, train=True, seed=augmentation.seed,
+                                for_display=True)
+    train_crop, _ = crop_samplers(plan_input(manifest, model), model, augmentation.seed)
+    return transform if train_crop is None else CroppedTransform(train_crop, transform)
+
+
+def _log_input_plan(plan: InputPlan, model: ModelParams, stage_name: str) -> None:
+    logger.info("%s: input mode %s (model.input_mode: %s): %s", stage_name, plan.mode, plan.requested, plan.reason)
+    if plan.mode == "crop":
+        logger.info("%s: training on %d px crops at scale %g, %.0f %% placed on a defect pixel; the model package "
+                    "records input_mode 'tile' (prediction slides a window)", stage_name, model.image_size,
+                    model.crop.scale, 100 * model.crop.defect_rate)
+    elif "crop" in model.model_fields_set:
+        logger.warning("%s: model.crop is set but the input mode is resize, so it is not used", stage_name)
+
+
 def _network(model: ModelParams, labels: LabelSpace, init_state: dict | None, init_description: str,
              seed: int) -> tuple[Any, dict[str, Any]]:
     """The seeded network with its starting weights loaded, and its architecture description."""
@@ -231,16 +270,20 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
     _log_advice(manifest, settings, stage_name)
     validate_recipe(augmentation.recipe)
     labels = labels_from_manifest(manifest, defect_classes=list(defect_classes), good_label=data.good_label)
+    input_plan = plan_input(manifest, model)
+    _log_input_plan(input_plan, model, stage_name)
     init_state, init_description = (None, "resume") if (stage.resume and checkpoints.has_last()) else \
         initial_weights(stage_name, stage, init_store)
     net, model_meta = _network(model, labels, init_state, init_description, stage.seed)
+    model_meta.update(package_input_meta(input_plan.mode, scale=model.crop.scale))
     logger.info("%s: starting from %s", stage_name, init_description)
 
     common = {"root": raw_root, "labels": labels, "seg_mode": model.seg_mode,
               "binarize_threshold": data.masks.binarize_threshold}
-    train_set = ManifestDataset(manifest, split="train", **common, transform=build_transform(
+    train_crop, val_crop = crop_samplers(input_plan, model, stage.seed)
+    train_set = ManifestDataset(manifest, split="train", **common, crop=train_crop, transform=build_transform(
         augmentation.recipe, image_size=model.image_size, train=True, seed=stage.seed))
-    val_set = ManifestDataset(manifest, split="val", **common, transform=build_transform(
+    val_set = ManifestDataset(manifest, split="val", **common, crop=val_crop, transform=build_transform(
         augmentation.recipe, image_size=model.image_size, train=False))
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{stage_name}: the manifest has {len(train_set)} accepted train and {len(val_set)} val "
@@ -251,6 +294,8 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
             "config": {"model": model.model_dump(), "stage": stage.model_dump(mode="json"),
                        "augmentation": augmentation.model_dump(mode="json")},
             "manifest_hash": manifest_hash(manifest), "init_from": init_description,
+            "input_plan": {**input_plan.to_dict(),
+                           "crop": model.crop.model_dump() if input_plan.mode == "crop" else None},
             "trainer": {**settings.describe(), "global_batch_size": global_batch_size(stage, settings)}}
     logger.info("%s: %d train / %d val samples, %s x %d process(es), precision %s, batch %d per process x %d "
                 "processes x %d accumulation = %d samples per optimizer step", stage_name, len(train_set),
@@ -269,6 +314,7 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
         "device": plan.settings.accelerator, "precision": plan.job.config.precision, "trainer": meta["trainer"],
         "init_from": plan.init_description,
         "initial_weights": initial_weights_record(plan.init_description, plan.model),
+        "input_mode": meta["input_plan"]["mode"], "input_plan": meta["input_plan"],
         "cpu_threads": (result.history[-1] if result.history else {}).get("cpu_threads"),
         "monitor": monitor, "best_metric": result.best_metric,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
@@ -310,6 +356,9 @@ def run_stage(plan: StagePlan, diagnosis: DiagnosisParams) -> StageResult:
     best_kind = "best" if store.has_best() else "last"
     package = ModelPackage.from_checkpoint(store.load(best_kind),
                                            source=str(store.best_path if best_kind == "best" else store.last_path))
+    # what prediction will read (from the checkpoint: a stage that had already finished keeps how it was trained)
+    summary["model_input"] = {k: package.meta[k] for k in ("input_mode", "input_scale", "image_size")
+                              if k in package.meta}
     markdown = render_diagnosis_markdown(report, title=f"{stage_name} ({plan.model.backbone})")
     return StageResult(store, history, summary, curves, package, steps, report, markdown)
 

@@ -87,11 +87,11 @@ def stage_params(model: dict[str, Any], stage: dict[str, Any], runtime: dict[str
                  augmentation: dict[str, Any] | None = None, trainer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The readable parameter set of a stage child run.
 
-    Model keys as they are (``backbone``, ``decoder``, ``image_size`` ...), stage keys flattened
+    Model keys as they are (``backbone``, ``decoder``, ``image_size``, ``crop.scale`` ...), stage keys flattened
     (``epochs``, ``lr_head``, ``lr_backbone``, ``loss.weighting``, ``dropout.rate`` ...), the
     augmentation recipe as the list of its transform names, ``runtime.*`` and ``trainer.*`` as asked for.
     """
-    params: dict[str, Any] = {k: v for k, v in model.items()}
+    params: dict[str, Any] = flatten(model)  # nested model keys (crop.scale ...) as dotted names
     for key, value in flatten(stage).items():
         params[STAGE_PARAM_NAMES.get(key, key)] = value
     if params.get("lr_backbone") is None:
@@ -182,8 +182,9 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     epochs), ``best_epoch`` (epoch of the monitored metric's best), step counts and
     ``parameters_<total|trainable|frozen|backbone|head>``. The final value of every per-epoch
     metric is its latest value in MLflow (what the UI's run table shows). Tags ``decoder``,
-    ``device`` and ``precision`` record what ``auto`` resolved to; ``world_size`` and
-    ``global_batch_size`` (samples per optimizer step) how many processes trained together.
+    ``device``, ``precision`` and ``input_mode`` (``resize``/``crop``) record what ``auto``
+    resolved to; ``world_size`` and ``global_batch_size`` (samples per optimizer step) how many
+    processes trained together.
     """
     if mlflow.active_run() is None:
         return
@@ -203,7 +204,8 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     tags = {f"{TAG_PREFIX}stopped_early": str(summary.get("stopped_early")).lower(),
             f"{TAG_PREFIX}already_finished": str(summary.get("already_finished")).lower()}
     # what "auto" resolved to (the parameters keep what was asked for)
-    tags.update({key: str(summary[key]) for key in ("decoder", "device", "precision") if summary.get(key)})
+    tags.update({key: str(summary[key]) for key in ("decoder", "device", "precision", "input_mode")
+                 if summary.get(key)})
     mlflow.set_tags(tags)
 
 
