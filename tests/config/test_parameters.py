@@ -136,3 +136,34 @@ def test_input_mode_defaults_to_auto_with_native_scale_crops() -> None:
     assert (model.input_mode, model.crop.scale, model.crop.defect_rate) == ("crop", 0.5, 0.5)
     default = ModelParams()
     assert (default.input_mode, default.crop.scale, default.crop.defect_rate) == ("auto", 1.0, 0.5)
+
+
+@pytest.mark.parametrize(("stage", "fragment"), [
+    ({"scheduler": "cosine_restarts"}, "stage2: Value error, scheduler: cosine_restarts needs restart_epochs"),
+    ({"scheduler": "step"}, "stage2: Value error, scheduler: step needs step_epochs"),
+    ({"restart_epochs": 5}, "restart_epochs applies to scheduler: cosine_restarts only, but scheduler is cosine"),
+    ({"scheduler": "step", "step_epochs": 4, "restart_mult": 2.0}, "restart_mult applies to scheduler: "
+                                                                    "cosine_restarts only, but scheduler is step"),
+    ({"scheduler": "constant", "step_gamma": 0.5}, "step_gamma applies to scheduler: step only"),
+    ({"scheduler": "linear"}, "stage2.scheduler: Input should be 'cosine', 'cosine_restarts', 'step' or 'constant'"),
+    ({"scheduler": "step", "step_epochs": 4, "step_gamma": 1.5}, "stage2.step_gamma: Input should be less than 1"),
+    ({"scheduler": "cosine_restarts", "restart_epochs": 0}, "stage2.restart_epochs: Input should be greater than 0"),
+])
+def test_scheduler_settings_are_checked_with_the_key_named(stage: dict, fragment: str) -> None:
+    """Written before ``stage.scheduler`` existed: there every case failed as an unknown key."""
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"stage2": stage})
+    assert fragment in str(error.value)
+
+
+def test_scheduler_defaults_to_cosine_and_accepts_its_own_settings() -> None:
+    from defect_pipeline.config import StageParams
+
+    assert StageParams().scheduler == "cosine"
+    restarts = validate_parameters({"stage1": {"scheduler": "cosine_restarts", "restart_epochs": 2.5,
+                                               "restart_mult": 2.0}})["stage1"]
+    assert (restarts.restart_epochs, restarts.restart_mult) == (2.5, 2.0)
+    step = validate_parameters({"stage1": {"scheduler": "step", "step_epochs": 3, "step_gamma": 0.5}})["stage1"]
+    assert (step.step_epochs, step.step_gamma) == (3, 0.5)
+    assert validate_parameters({"stage1": {"scheduler": "constant", "restart_mult": 1.0}})["stage1"].scheduler == \
+        "constant"  # a setting left at its default is not an error under another scheduler

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "backbones": "defect_pipeline.benchmarks.backbones",
     "distributed": "defect_pipeline.benchmarks.distributed",
     "ensemble": "defect_pipeline.benchmarks.ensemble",
+    "schedules": "defect_pipeline.benchmarks.schedules",  # a figure for docs/training.md, nothing measured
 }
 
 

@@ -163,7 +163,13 @@ class StageParams(StrictModel):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_lr_ratio: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at lr * ratio")
-    eta_min_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine ends at lr * ratio")
+    eta_min_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine (and each restart cycle) ends at lr * ratio")
+    scheduler: Literal["cosine", "cosine_restarts", "step", "constant"] = Field(
+        "cosine", description="LR shape after the warmup (docs/training.md, 'Learning-rate schedules')")
+    restart_epochs: float | None = Field(None, gt=0.0, description="cosine_restarts: the first cycle's length")
+    restart_mult: float = Field(1.0, ge=1.0, description="cosine_restarts: each cycle this many times the last")
+    step_epochs: float | None = Field(None, gt=0.0, description="step: epochs between two decays")
+    step_gamma: float = Field(0.1, gt=0.0, lt=1.0, description="step: the factor applied at each decay")
     grad_clip: float | None = Field(1.0, gt=0.0)
     seed: int = 42
     num_workers: int = Field(0, ge=0)
@@ -184,6 +190,22 @@ class StageParams(StrictModel):
                     raise ValueError(f"{key!r} moved to the shared trainer block: set {new} instead "
                                      "(every stage and process uses the same one)")
         return values
+
+    @model_validator(mode="after")
+    def _schedule_settings_fit(self) -> StageParams:
+        needed = {"cosine_restarts": ("restart_epochs", "the first cycle's length in epochs, e.g. 5"),
+                  "step": ("step_epochs", "the epochs between two decays, e.g. 10")}
+        if self.scheduler in needed and getattr(self, needed[self.scheduler][0]) is None:
+            key, what = needed[self.scheduler]
+            raise ValueError(f"scheduler: {self.scheduler} needs {key} ({what})")
+        owners = {"restart_epochs": "cosine_restarts", "restart_mult": "cosine_restarts", "step_epochs": "step",
+                  "step_gamma": "step"}
+        for key, owner in owners.items():
+            value = getattr(self, key)
+            if owner != self.scheduler and value is not None and value != type(self).model_fields[key].default:
+                raise ValueError(f"{key} applies to scheduler: {owner} only, but scheduler is {self.scheduler}: set "
+                                 f"scheduler: {owner}, or remove {key}")
+        return self
 
     @model_validator(mode="after")
     def _init_is_known(self) -> StageParams:

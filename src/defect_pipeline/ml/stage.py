@@ -245,6 +245,8 @@ def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfi
     return EngineConfig(
         epochs=s.epochs, lr=s.lr, backbone_lr=s.backbone_lr or s.lr, weight_decay=s.weight_decay,
         warmup_epochs=s.warmup_epochs, warmup_lr_ratio=s.warmup_lr_ratio, eta_min_ratio=s.eta_min_ratio,
+        scheduler=s.scheduler, restart_epochs=s.restart_epochs, restart_mult=s.restart_mult,
+        step_epochs=s.step_epochs, step_gamma=s.step_gamma,
         grad_clip=s.grad_clip, accumulate_grad_batches=s.accumulate_grad_batches,
         precision=settings.precision, device=settings.accelerator, monitor=stop.monitor,
         mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,

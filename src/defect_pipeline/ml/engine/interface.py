@@ -59,6 +59,11 @@ class EngineConfig:
     warmup_epochs: float = 0.0
     warmup_lr_ratio: float = 0.1
     eta_min_ratio: float = 0.01
+    scheduler: str = "cosine"  # the LR shape after the warmup: cosine | cosine_restarts | step | constant
+    restart_epochs: float | None = None  # cosine_restarts: the first cycle's length
+    restart_mult: float = 1.0  # cosine_restarts: each cycle this many times the last
+    step_epochs: float | None = None  # step: epochs between two decays
+    step_gamma: float = 0.1  # step: the factor applied at each decay
     grad_clip: float | None = 1.0
     accumulate_grad_batches: int = 1
     precision: str = "fp32"
@@ -75,6 +80,20 @@ class EngineConfig:
     resume: bool = True
     progress: bool = True
     time_budget_s: float | None = None  # stop after the epoch that reaches it (equal-budget comparisons)
+
+    def lr_schedule(self, steps_per_epoch: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`~defect_pipeline.ml.schedules.create_scheduler`: lengths in epochs
+        turned into optimizer steps (``steps_per_epoch`` of them per epoch; a cycle or decay interval is at
+        least one step)."""
+        def in_steps(epochs: float | None) -> int | None:
+            return None if epochs is None else max(1, round(epochs * steps_per_epoch))
+
+        return {"total_steps": steps_per_epoch * self.epochs,
+                "warmup_steps": round(self.warmup_epochs * steps_per_epoch),
+                "warmup_lr_ratio": self.warmup_lr_ratio, "eta_min_ratio": self.eta_min_ratio,
+                "scheduler": self.scheduler, "restart_steps": in_steps(self.restart_epochs),
+                "restart_mult": self.restart_mult, "step_size": in_steps(self.step_epochs),
+                "step_gamma": self.step_gamma}
 
 
 @dataclass

@@ -297,9 +297,7 @@ def _build_trainables(model: nn.Module, loss_fn: nn.Module, config: EngineConfig
     model.freeze_backbone(config.freeze_backbone)
     optimizer = build_optimizer(model, loss_fn, lr=config.lr, backbone_lr=config.backbone_lr,
                                 weight_decay=config.weight_decay, freeze_backbone=config.freeze_backbone)
-    scheduler = create_scheduler(optimizer, total_steps=steps_per_epoch * config.epochs,
-                                 warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-                                 warmup_lr_ratio=config.warmup_lr_ratio, eta_min_ratio=config.eta_min_ratio)
+    scheduler = create_scheduler(optimizer, **config.lr_schedule(steps_per_epoch))
     scaler = torch.amp.GradScaler(config.device.split(":")[0], enabled=config.precision == "fp16")
     return Trainables(model, loss_fn, optimizer, scheduler, scaler)
 
