@@ -17,7 +17,6 @@ data/03_primary/manifest.parquet --classes inclusion patches scratches`` writes 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 import warnings
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 
 from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.ml.memory import peak_rss_mb
 
 
 def _setup(manifest: pd.DataFrame, root: str, classes: list[str], *, backbone: str, image_size: int,
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     loader_rate = _loader_only(loader, args.batches)
     model_rate = _model_only(model, loss_fn, loader, args.batches)
     bare = (results["bare loop"] + results["bare loop (again)"]) / 2
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     body = "\n".join([
         "## Training engine vs a bare PyTorch loop",
         "",
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{abs(results['bare loop'] - results['bare loop (again)']) / bare:.0%} (machine noise).",
         f"- Data loader / model step: **{loader_rate / model_rate:.2f}** (above 1: the model, not the data, "
         "limits training).",
-        f"- Peak RSS of the benchmark process: {peak:.0f} MB.",
+        f"- Peak RSS of the benchmark process: {peak:.0f} MB." if peak is not None else
+        "- Peak RSS of the benchmark process: not reported on this platform.",
     ])
     write_section(Path(args.doc), "training", body)
     print(body)

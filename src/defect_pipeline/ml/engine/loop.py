@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -37,6 +36,7 @@ from defect_pipeline.ml.engine.interface import (
 from defect_pipeline.ml.engine.state import EpochProgress, Trainables, TrainState
 from defect_pipeline.ml.engine.stop_signal import StopRequest
 from defect_pipeline.ml.engine.validation import limit_batches, validate
+from defect_pipeline.ml.memory import peak_rss_mb
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.schedules import create_scheduler, dropout_at_step
 
@@ -232,7 +232,8 @@ def end_epoch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, 
 def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
                val: dict[str, float]) -> dict[str, Any]:
     """The epoch's history row: mean training losses, validation figures, LRs, dropout, loss weights, timings,
-    memory and the torch CPU threads it ran with."""
+    memory (peak RSS where the platform reports it; peak GPU memory on CUDA) and the torch CPU threads it ran
+    with."""
     row: dict[str, Any] = {"epoch": progress.epoch, "global_step": state.global_step}
     row.update({k: v / max(progress.seen, 1) for k, v in progress.sums.items()})
     row.update(val)
@@ -243,7 +244,8 @@ def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
     row.update({f"loss_weight_{k}": float(v) for k, v in progress.weights.items()})
     row["epoch_seconds"] = time.perf_counter() - progress.started
     row["train_samples_per_s"] = (progress.seen - progress.seen_before) / max(progress.train_seconds, 1e-9)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if (peak_rss := peak_rss_mb()) is not None:  # absent where the platform cannot tell (docs/training.md)
+        row["peak_rss_mb"] = peak_rss
     row["cpu_threads"] = torch.get_num_threads()  # runtime.cpu_threads, or torch's default when unset
     if torch.cuda.is_available() and setup.config.device.startswith("cuda"):
         row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
