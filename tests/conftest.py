@@ -83,8 +83,9 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_kedro(project: Path, pipeline: str | None = None, *, env: str | None = None,
-              params: dict | None = None) -> dict:
-    """Run a pipeline of the project in-process with a fresh KedroSession."""
+              params: dict | None = None, pipelines: list[str] | None = None) -> dict:
+    """Run a pipeline of the project in-process with a fresh KedroSession (``pipelines``: several together,
+    as ``kedro run --pipelines=a,b``)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -93,7 +94,7 @@ def run_kedro(project: Path, pipeline: str | None = None, *, env: str | None = N
     bootstrap_project(project)
     try:
         with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
-            return session.run(pipeline_name=pipeline)
+            return session.run(pipeline_name=pipeline, pipeline_names=pipelines)
     finally:
         # one process normally runs one session; in tests, leave no MLflow run active for the next
         while mlflow.active_run() is not None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from defect_pipeline.config.base import StrictModel
+from defect_pipeline.config.training import STAGES
 
 
 class ThresholdsParams(StrictModel):
-    """Block ``thresholds``: how the operating point is chosen on the validation split."""
+    """Block ``thresholds``: which stage's model the steps after training use, and how its operating point is
+    chosen on the validation split."""
 
+    model_stage: str = Field("auto", description="the stage whose model is tuned and then evaluated, exported and "
+                                                 "used for inference; auto = the stage that trained last")
     split: str = Field("val", description="manifest split the thresholds are tuned on")
     criterion: Literal["max_f1", "target_false_alarm_rate", "target_recall"] = "max_f1"
     target: float | None = Field(None, ge=0.0, le=1.0,
@@ -34,6 +38,13 @@ class ThresholdsParams(StrictModel):
                                           "the fixed ones are kept (1: no limit)")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("model_stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        if value not in ("auto", *STAGES):
+            raise ValueError(f"must be auto (the stage that trained last) or one of {', '.join(STAGES)}")
+        return value
 
     @model_validator(mode="after")
     def _target_when_needed(self) -> ThresholdsParams:

@@ -7,14 +7,15 @@ members with their weights hashes (:func:`load_ensemble_members` refuses one tha
 its variants (members and test-time flips): :func:`variant_predictor` and
 :func:`predictor_from_ensemble_spec` build the :class:`~defect_pipeline.ml.predict.Predictor` or
 :class:`~defect_pipeline.ml.predict.EnsemblePredictor` of one variant. :func:`split_dataset` gives
-the untransformed samples of a split in a model's label space, and :func:`model_description`
-the identity of a model for reports. Shared by the thresholds, evaluate, ensemble, inference and
+the untransformed samples of a split in a model's label space, :func:`model_description`
+the identity of a model for reports, and :func:`select_stage_model` which training stage's model
+the steps after training use. Shared by the thresholds, evaluate, ensemble, inference and
 export nodes, which pass plain values (no config objects reach this module).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
-from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import EnsemblePredictor, Predictor
 
@@ -33,6 +34,44 @@ def apply_runtime(cpu_threads: int | None) -> None:
     """Machine-level settings before any model runs: torch intra-op threads (None: torch's default)."""
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
+
+
+def select_stage_model(stores: Mapping[str, ModelStore], model_stage: str = "auto") -> tuple[str, str]:
+    """Which training stage's model the steps after training use, and why (the stage and a sentence).
+
+    Args:
+        stores: stage name → that stage's model package, in training order (stage1, stage2, stage3).
+        model_stage: a stage name (its model must exist), or ``auto``: the stage whose model was
+            written last — the last stage that trained, or that was part of the latest run (a
+            finished stage rewrites its package) —, the later stage on a tie. A stage skipped after
+            an earlier stage was retrained is not taken: its model is older.
+
+    Raises:
+        ValueError: ``model_stage`` is not a stage of ``stores`` nor ``auto``.
+        FileNotFoundError: the named stage, or for ``auto`` every stage, has no model package yet.
+    """
+    order = list(stores)
+    if model_stage != "auto":
+        if model_stage not in stores:
+            raise ValueError(f"thresholds.model_stage must be auto or one of {', '.join(order)}; got {model_stage!r}")
+        if not stores[model_stage].exists():
+            raise FileNotFoundError(
+                f"thresholds.model_stage is {model_stage}, but {stores[model_stage].path} holds no model package: run "
+                f"`kedro run --pipeline={model_stage}` first, or set thresholds.model_stage: auto (the stage that "
+                "trained last)")
+        return model_stage, f"thresholds.model_stage: {model_stage}"
+    written = {stage: when for stage, store in stores.items() if (when := store.written_ns()) is not None}
+    if not written:
+        raise FileNotFoundError(f"no training stage has a model package yet ({', '.join(s.path for s in stores.values())}"
+                                f"): run `kedro run` (or `kedro run --pipeline={order[0]}` and the stages after it) "
+                                "first")
+    chosen = max(written, key=lambda stage: (written[stage], order.index(stage)))
+    reason = f"thresholds.model_stage: auto, and {chosen} wrote its model last"
+    older = [stage for stage in order[order.index(chosen) + 1:] if stage in written]
+    if older:
+        reason += (f"; {' and '.join(older)} {'has' if len(older) == 1 else 'have'} an older model (not retrained "
+                   f"after {chosen}): set thresholds.model_stage: {older[-1]} to use it anyway")
+    return chosen, reason
 
 
 def split_dataset(package: ModelPackage, manifest: pd.DataFrame, raw_root: str, *, defect_classes: Sequence[str],

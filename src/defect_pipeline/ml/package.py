@@ -159,6 +159,10 @@ class ModelStore:
     def exists(self) -> bool:
         return (Path(self.path) / MODEL_FILE).is_file() and (Path(self.path) / WEIGHTS_FILE).is_file()
 
+    def written_ns(self) -> int | None:
+        """When the package was last written (``model.json``'s modification time, ns); None when there is none."""
+        return (Path(self.path) / MODEL_FILE).stat().st_mtime_ns if self.exists() else None
+
     def meta(self) -> dict[str, Any]:
         """``model.json`` (cheap: no weights read); ``{}`` when missing."""
         file = Path(self.path) / MODEL_FILE

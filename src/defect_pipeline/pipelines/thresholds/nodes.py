@@ -1,4 +1,5 @@
-"""Node of the ``thresholds`` pipeline (the work is in :mod:`defect_pipeline.ml.evaluation`)."""
+"""Nodes of the ``thresholds`` pipeline: choose the stage's model, tune its thresholds (the work is in
+:mod:`defect_pipeline.ml.model_use` and :mod:`defect_pipeline.ml.evaluation`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from defect_pipeline.config import DataParams, RuntimeParams, ThresholdsParams
+from defect_pipeline.config import STAGES, DataParams, RuntimeParams, ThresholdsParams
 from defect_pipeline.ml.evaluation import plot_threshold_curves, tune_thresholds
-from defect_pipeline.ml.model_use import apply_runtime, model_description, split_dataset
+from defect_pipeline.ml.model_use import apply_runtime, model_description, select_stage_model, split_dataset
 from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.ml.threshold_checks import CheckRules
@@ -18,6 +19,15 @@ from defect_pipeline.tracking.outcome import NodeOutcome
 from defect_pipeline.tracking.runs import THRESHOLDS_STATUS_TAG
 
 logger = logging.getLogger(__name__)
+
+
+def select_model(params: ThresholdsParams, *stage_models: ModelStore) -> ModelStore:
+    """The model of ``thresholds.model_stage`` (``stage_models``: every stage's, in the order of ``STAGES``)."""
+    stores = dict(zip(STAGES, stage_models, strict=True))
+    stage, reason = select_stage_model(stores, params.model_stage)
+    logger.info("thresholds, evaluate, export and inference use %s's model (%s): %s", stage, stores[stage].path,
+                reason)
+    return stores[stage]
 
 
 def check_rules(params: ThresholdsParams) -> CheckRules:
