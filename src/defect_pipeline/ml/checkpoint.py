@@ -4,16 +4,22 @@ A checkpoint holds everything needed to resume or to understand a run: model, op
 scheduler and grad-scaler states, epoch, global step, total steps, RNG states (as tensors),
 the resolved configuration, the label space, the monitored metric and its best value, the
 data-manifest hash and the training history so far. Files are written to a temporary file in
-the same folder, flushed and fsync'ed, then renamed over the final name, so a crash never
-leaves a partial file at ``best.pt`` / ``last.pt``. Loading always uses
-``torch.load(weights_only=True)``: a pickle that would run code is refused.
+the same folder, flushed and fsync'ed, then renamed over the final name (:func:`atomic_write`, also
+used by the project's report datasets), so a crash never leaves a partial file at ``best.pt`` /
+``last.pt``; a full disk raises :class:`DiskFullError`, naming the file and the free space, with the
+previous file untouched. Loading always uses ``torch.load(weights_only=True)``: a pickle that would
+run code is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
-import tempfile
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +34,88 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used (missing, corrupt, unsafe, or from another setup)."""
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+class DiskFullError(OSError):
+    """No space left (or the quota reached) while writing ``path``; the previous file is untouched."""
+
+    def __init__(self, path: str | os.PathLike, free_bytes: int | None) -> None:
+        self.path, self.free_bytes = Path(path), free_bytes
+        free = "free space unknown" if free_bytes is None else f"{_human_size(free_bytes)} ({free_bytes:,} bytes) free"
+        super().__init__(errno.ENOSPC, (
+            f"no space left on the device while writing {self.path} ({free} in {self.path.parent}); the previous "
+            f"{self.path.name}, if any, is untouched. Free some space there (or point the output elsewhere) and "
+            "run again: a training stage resumes from its last checkpoint"))
+
+    def __reduce__(self) -> tuple:  # picklable across processes (the default would pass errno, message)
+        return type(self), (self.path, self.free_bytes)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside ``path`` to write to; on success it is fsync'ed and renamed over ``path``.
+
+    On any error the temp file is removed and ``path`` keeps its previous content; a full disk
+    (``ENOSPC``/``EDQUOT``, in the write, the fsync or the rename) becomes a :class:`DiskFullError`.
+    The temp file is created with the usual permissions (``0o666`` less the umask), not ``0o600``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) \
+                and not isinstance(error, DiskFullError):
+            raise DiskFullError(path, _free_bytes(path.parent)) from error
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync(path.parent)  # the rename itself survives a power cut
+
+
+def _create_temp(path: Path) -> Path:
+    """A new empty ``.<name>.<random>.tmp`` beside ``path`` (the pattern stale-file clean-up looks for)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file beside ``path``, fsync, then rename over ``path`` (:func:`atomic_write`)."""
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
     return path
 
 
