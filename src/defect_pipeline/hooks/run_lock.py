@@ -13,7 +13,8 @@ lock over with a warning naming the dead run. A lock written by another host (a 
 system) is never taken over, as nothing here can tell whether that run is alive; where a file
 system has no ``flock``, the holder's PID decides (alive on this host: held). The file is removed
 only by a process holding its ``flock``, and a taker checks that the file it locked is still the
-one at the path, so two runs starting together cannot both win.
+one at the path, so two runs starting together cannot both win. Forked children (data-loader
+workers) close their copy of the file, so they never keep a killed run's lock.
 """
 
 from __future__ import annotations
@@ -210,6 +211,19 @@ def _refusal(path: Path, holder: RunInfo) -> str:
 def _release_all() -> None:
     for lock in list(_HELD.values()):
         lock.release()
+
+
+def _forget_in_forked_child() -> None:
+    """A forked child (a data-loader worker) closes its copy of the lock file: only the run holds the ``flock``,
+    so a killed run's lock is free at once even while its workers are still winding down."""
+    for lock in _HELD.values():
+        if lock.fd is not None:
+            os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 class RunLockHook:

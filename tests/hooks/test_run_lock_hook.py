@@ -6,6 +6,7 @@ killed holder's lock is taken over with a warning, a refusal by a later start-up
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +69,36 @@ def test_a_killed_holders_lock_is_taken_over_with_a_warning(holder, caplog: pyte
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     held.release()
     assert not lock.exists()
+
+
+FORKING_HOLDER = textwrap.dedent('''
+    import os, sys, time
+    from defect_pipeline.hooks.run_lock import acquire
+    acquire(sys.argv[1], pipeline="stage1")
+    if os.fork() == 0:  # a data-loader worker: forked while the lock is held, outlives the run for a while
+        time.sleep(120)
+        os._exit(0)
+    print("locked", flush=True)
+    time.sleep(120)
+''')
+
+
+def test_a_killed_holders_lock_is_free_although_a_child_it_forked_still_runs(tmp_path: Path) -> None:
+    """Checked against the lock without the fork handler: the child's copy of the file keeps the flock, and the
+    next run is refused ("still held by processes that the run ... started")."""
+    lock = tmp_path / ".kedro_run.lock"
+    process = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(lock)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "locked", process.stderr.read()
+        process.kill()  # the run only: its forked child lives on
+        process.wait()
+        held = acquire(lock, pipeline="data")
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        held.release()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the child, in the holder's process group
 
 
 def test_a_lock_of_another_host_is_not_taken_over(tmp_path: Path) -> None:
