@@ -110,8 +110,11 @@ def neu_seg_root() -> Path:
 
 
 def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0,
-                      backbone: str = "resnet18", image_size: int = 64):
-    """A randomly initialised model package (resnet18 + FPN at 64 px by default; no training), for prediction tests."""
+                      backbone: str = "resnet18", image_size: int = 64, input_mode: str | None = None):
+    """A randomly initialised model package (resnet18 + FPN at 64 px by default; no training), for prediction tests.
+
+    ``input_mode``: written into the model meta when given (``tile``: trained on crops, predicted by sliding window).
+    """
     import torch
 
     from defect_pipeline.ml.models import create_model
@@ -124,7 +127,7 @@ def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, 
                            image_size=image_size)
     state = {"model": net.state_dict(), "labels": labels.to_dict(), "stage": "stage1", "epoch": 3,
              "model_meta": {"backbone": backbone, "decoder": net.decoder_name, "seg_mode": seg_mode,
-                            "image_size": image_size},
+                            "image_size": image_size, **({"input_mode": input_mode} if input_mode else {})},
              "config": {"model": {"decoder_channels": 32}}, "manifest_hash": "abc"}
     return ModelPackage.from_checkpoint(state, source="best.pt", thresholds=thresholds)
 

@@ -88,6 +88,9 @@ class InferenceParams(StrictModel):
     follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
     tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips for a single model (an "
                                                                  "ensemble.json brings its own)")
+    tile_overlap: float = Field(0.25, ge=0.0, le=0.9,
+                                description="models trained on crops (model.json input_mode: tile): how much "
+                                            "neighbouring tiles overlap, as a fraction of the tile size")
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"]
 
 

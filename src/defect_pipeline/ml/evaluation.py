@@ -73,12 +73,17 @@ class RawSamples(Dataset):
 
 def iterate(dataset: ManifestDataset, predictor: Predictor, *, batch_size: int, num_workers: int = 0,
             desc: str = "predict") -> Iterator[tuple[np.ndarray, np.ndarray, int, int, RawOutput]]:
-    """Each sample with the model's raw output, in manifest order."""
+    """Each sample with the model's raw output, in manifest order.
+
+    A predictor's ``iter_probabilities`` (when it has one) is consumed image by image, so a tiling
+    predictor holds one image's full-resolution maps at a time; any object with ``probabilities`` works.
+    """
     loader = DataLoader(RawSamples(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=list)
+    stream = getattr(predictor, "iter_probabilities", predictor.probabilities)
     with tqdm(total=len(dataset), desc=desc, mininterval=1.0, leave=False) as bar:
         for batch in loader:
-            outputs = predictor.probabilities([item[0] for item in batch])
+            outputs = stream([item[0] for item in batch])
             for (image, mask, target, index), raw in zip(batch, outputs, strict=True):
                 yield image, mask, target, index, raw
             bar.update(len(batch))

@@ -2,7 +2,8 @@
 
 The network is exported with ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript, the
 maintained exporter), input ``image`` ``(batch, 3, S, S)`` with a dynamic batch dimension and
-outputs ``seg_logits`` / ``cls_logits``. The parity check runs PyTorch and onnxruntime on the
+outputs ``seg_logits`` / ``cls_logits`` (a package with ``input_mode: tile`` exports its tile-size
+network: the predictor calls it once per batch of tiles). The parity check runs PyTorch and onnxruntime on the
 same random batch (and on a batch of a different size, to prove the batch is dynamic) and
 reports the largest absolute difference of each output; the export fails when it exceeds the
 tolerance. :func:`export_onnx` returns the model in memory as an :class:`OnnxExport`;
@@ -92,7 +93,7 @@ def export_onnx(package: ModelPackage, *, opset: int = 18, tolerance: float = 1e
                                             float(np.abs(cls - expected.cls_logits.numpy()).max()))
     report = {
         "file": str(package.folder / ONNX_FILE) if package.folder is not None else ONNX_FILE, "opset": opset,
-        "input": {"image": ["batch", 3, size, size]},
+        "input": {"image": ["batch", 3, size, size]}, "input_mode": package.input_mode,
         "outputs": ["seg_logits", "cls_logits"], "dynamic_batch": True, "parity_batches": list(parity_batches),
         "max_abs_difference": differences, "tolerance": tolerance,
         "parity_ok": max(differences.values()) <= tolerance, "export_seconds": round(export_seconds, 2),

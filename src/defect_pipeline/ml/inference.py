@@ -181,7 +181,7 @@ def summary(result: InferenceResult, *, thresholds: dict[str, Any], thresholds_s
         "labels": {k: int(v) for k, v in frame.loc[frame["status"] == "ok", "label"].value_counts().items()},
         "seconds": round(result.seconds, 3), "images_per_s": round(result.images_per_s, 2), "backend": backend,
         "thresholds": thresholds, "thresholds_source": thresholds_source,
-        "model": {k: model.get(k) for k in ("backbone", "decoder", "image_size", "stage", "weights_sha256",
-                                            "mlflow_run_id", "source_checkpoint", "tta", "ensemble", "variant",
-                                            "members", "weights") if k in model},
+        "model": {k: model.get(k) for k in ("backbone", "decoder", "image_size", "input_mode", "tile_overlap", "stage",
+                                            "weights_sha256", "mlflow_run_id", "source_checkpoint", "tta", "ensemble",
+                                            "variant", "members", "weights") if k in model},
     }

@@ -26,6 +26,7 @@ from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
 from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import EnsemblePredictor, Predictor
+from defect_pipeline.ml.tiling import DEFAULT_OVERLAP
 
 LoggedModelLoader = Callable[[str], ModelPackage]  # loads the package of an MLflow run id / runs:/ / models:/ URI
 
@@ -97,7 +98,8 @@ def model_description(package: ModelPackage) -> dict[str, Any]:
     """The identity of a model for reports: architecture, origin, weights hash, MLflow runs."""
     keys = ("backbone", "decoder", "image_size", "seg_mode", "stage", "epoch", "monitor", "best_metric",
             "manifest_hash", "source_checkpoint", "mlflow_run_id", "training_run_id")
-    return {**{k: package.meta.get(k) for k in keys}, "weights_sha256": package.weights_sha256,
+    return {**{k: package.meta.get(k) for k in keys}, "input_mode": package.input_mode,
+            "weights_sha256": package.weights_sha256,
             "classes": list(package.labels.image_classes)}
 
 
@@ -127,9 +129,12 @@ def member_name(index: int, package: ModelPackage) -> str:
 
 
 def variant_predictor(packages: list[ModelPackage], names: list[str], weights: list[float],
-                      variant: dict[str, Any], thresholds: Any = None) -> Any:
-    """The predictor of one ensemble variant: its members (indices into ``packages``) with its flips."""
-    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds) for i in variant["members"]]
+                      variant: dict[str, Any], thresholds: Any = None, *,
+                      tile_overlap: float = DEFAULT_OVERLAP) -> Any:
+    """The predictor of one ensemble variant: its members (indices into ``packages``) with its flips
+    (``tile_overlap``: for members that predict by sliding window)."""
+    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds, tile_overlap=tile_overlap)
+               for i in variant["members"]]
     if len(members) == 1:
         return members[0]
     return EnsemblePredictor(members, weights=[weights[i] for i in variant["members"]], thresholds=thresholds,
@@ -149,7 +154,8 @@ def load_ensemble_members(spec: dict[str, Any], *, load_logged: LoggedModelLoade
 
 def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None,
                                  packages: list[ModelPackage] | None = None,
-                                 load_logged: LoggedModelLoader | None = None) -> Any:
+                                 load_logged: LoggedModelLoader | None = None,
+                                 tile_overlap: float = DEFAULT_OVERLAP) -> Any:
     """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another).
 
     ``packages``: the members, already loaded; otherwise they are loaded here (``load_logged`` as in
@@ -158,4 +164,4 @@ def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = 
     chosen = spec["variants"][variant or spec["final_variant"]]
     members = packages if packages is not None else load_ensemble_members(spec, load_logged=load_logged)
     return variant_predictor(members, [m["name"] for m in spec["members"]], spec["weights"], chosen,
-                             Thresholds.from_dict(chosen["thresholds"]))
+                             Thresholds.from_dict(chosen["thresholds"]), tile_overlap=tile_overlap)

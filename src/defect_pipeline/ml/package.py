@@ -4,8 +4,10 @@ A :class:`ModelPackage` is a folder that loads without our training code's state
 
 * ``weights.safetensors`` — the model's tensors (safetensors: loading never runs code);
 * ``model.json`` — what rebuilds the network (backbone, decoder, decoder width, segmentation
-  mode, input size, normalisation), the label space and where the weights came from (stage,
-  epoch, monitored metric, data-manifest hash);
+  mode, input size, normalisation), how images reach it (``input_mode``: absent or ``resize``,
+  the whole image resized to ``image_size``; ``tile``, sliding ``image_size`` tiles at the
+  image's own scale), the label space and where the weights came from (stage, epoch, monitored
+  metric, data-manifest hash);
 * ``thresholds.json`` — the operating point used at prediction time
   (see :class:`~defect_pipeline.ml.postprocess.Thresholds`);
 * optionally ``model.onnx`` (+ ``model.onnx.json`` naming the weights it was exported from),
@@ -38,6 +40,7 @@ MODEL_FILE = "model.json"
 THRESHOLDS_FILE = "thresholds.json"
 ONNX_FILE = "model.onnx"
 ONNX_META_FILE = "model.onnx.json"
+INPUT_MODES = ("resize", "tile")  # model meta "input_mode"; absent = resize (packages written before tiling)
 
 
 @dataclass
@@ -62,6 +65,16 @@ class ModelPackage:
     @property
     def labels(self) -> LabelSpace:
         return LabelSpace.from_dict(self.meta["labels"])
+
+    @property
+    def input_mode(self) -> str:
+        """``resize`` (also when the meta has no ``input_mode``) or ``tile``; anything else is refused."""
+        mode = self.meta.get("input_mode") or "resize"
+        if mode not in INPUT_MODES:
+            where = self.folder / MODEL_FILE if self.folder is not None else "the model meta"
+            raise ValueError(f"{where} has input_mode {mode!r}; use one of {list(INPUT_MODES)} (or leave it out "
+                             "for resize)")
+        return mode
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], *, source: str,

@@ -4,15 +4,19 @@
 scores and masks at the image's own size: each image goes through the evaluation transform of
 training (:meth:`Predictor.preprocess`), the network runs in PyTorch or onnxruntime, optional
 test-time flips (:data:`TTA_FLIPS`) are averaged, and the thresholds are applied by
-:func:`~defect_pipeline.ml.postprocess.decide`. :class:`EnsemblePredictor` averages several
-predictors' probabilities (members checked by :func:`check_same_classes`). It is the one
-prediction path: the MLflow pyfunc model and the batch-inference pipeline both go through it.
+:func:`~defect_pipeline.ml.postprocess.decide`. A package whose model meta says
+``input_mode: tile`` (trained on crops at native scale; ``image_size`` is then the tile size) is
+predicted by sliding window instead (:mod:`defect_pipeline.ml.tiling`): tiles in batches,
+blended back into full-resolution probabilities, the image label from the most defective tile.
+:class:`EnsemblePredictor` averages several predictors' probabilities (members checked by
+:func:`check_same_classes`). It is the one prediction path: threshold tuning, evaluation, the
+MLflow pyfunc model and the batch-inference pipeline all go through it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -24,6 +28,15 @@ from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.onnx_runner import OnnxRunner
 from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.postprocess import Prediction, RawOutput, Thresholds, decide
+from defect_pipeline.ml.tiling import (
+    DEFAULT_OVERLAP,
+    Stitcher,
+    TileGrid,
+    check_overlap,
+    image_class_probs,
+    pad_to_tile,
+    tile_defect_scores,
+)
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -68,32 +81,53 @@ class _Decisions:
     def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
         raise NotImplementedError
 
+    def iter_probabilities(self, images: Sequence[np.ndarray]) -> Iterator[RawOutput]:
+        """``probabilities`` one image at a time, for callers that use each output before the next: a
+        tiling predictor then holds one image's full-resolution maps at a time, not a batch's."""
+        yield from self.probabilities(images)
+
     def decide(self, raw: RawOutput, thresholds: Thresholds | None = None) -> Prediction:
         return decide(raw, self.labels, thresholds or self.thresholds)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for a batch of images (any size, grayscale/RGB/RGBA, uint8/uint16/float)."""
-        return [self.decide(raw) for raw in self.probabilities(images)]
+        return [self.decide(raw) for raw in self.iter_probabilities(images)]
 
 
 class Predictor(_Decisions):
     """Batched prediction of a :class:`ModelPackage` on images of any size.
 
-    Each image is resized to the model's input size (bilinear), normalised as in training, and
-    the segmentation probabilities are resized back to the image's size before thresholding.
+    ``input_mode`` ``resize`` (model meta without ``input_mode``, or ``"resize"``): each image is
+    resized to the model's input size (bilinear), normalised as in training, and the segmentation
+    probabilities are resized back to the image's size before thresholding.
+
+    ``input_mode`` ``tile``: each image is cut into ``image_size`` tiles at its own scale that
+    overlap by ``tile_overlap`` (a fraction of the tile), the network runs on ``tile_batch_size``
+    tiles at a time, and the tiles' probabilities are blended into full-resolution maps
+    (:class:`~defect_pipeline.ml.tiling.Stitcher`); the class probabilities are those of the most
+    defective tile (:func:`~defect_pipeline.ml.tiling.image_class_probs`). Memory: one batch of
+    tiles plus the image's full-size probability maps, whatever the image size.
+
     ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
     PyTorch (same preprocessing and decisions), with ``onnx_threads`` intra-op threads (None:
     onnxruntime's default, one per physical core).
 
     ``tta``: test-time flips (``hflip``, ``vflip``). Each flipped batch is predicted, its
     probabilities flipped back, and all views (the plain one included) averaged, in mask space
-    at the model's input size, before resizing to the image — 1 + len(tta) forward passes.
+    at the model's input size, before resizing to the image (tile mode: per tile, before
+    stitching) — 1 + len(tta) forward passes.
     """
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
-                 backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = ()):
+                 backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = (),
+                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        self.input_mode = package.input_mode
+        if int(tile_batch_size) < 1:
+            raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
+        self.tile_overlap = check_overlap(tile_overlap)
+        self.tile_batch_size = int(tile_batch_size)
         self.package = package
         self.labels = package.labels
         self.thresholds = thresholds or package.thresholds
@@ -118,23 +152,43 @@ class Predictor(_Decisions):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``(3, S, S)`` float tensor of an RGB uint8 image, as the evaluation transform of training."""
         resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
-        normalised = (resized.astype(np.float32) - self._mean) / self._std
+        return self._normalise(resized)
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        normalised = (image.astype(np.float32) - self._mean) / self._std
         return torch.from_numpy(normalised.transpose(2, 0, 1).copy())
 
-    @torch.no_grad()
     def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
         """Class and pixel probabilities of a batch, the pixel ones at each image's own size."""
-        if len(images) == 0:
-            return []
-        rgb = [as_rgb_uint8(image) for image in images]
+        return list(self.iter_probabilities(images))
+
+    @torch.no_grad()
+    def iter_probabilities(self, images: Sequence[np.ndarray]) -> Iterator[RawOutput]:
+        if self.input_mode == "tile":  # one image at a time: its tiles are the batch
+            for image in images:
+                yield self._tiled(as_rgb_uint8(image))
+        elif len(images) > 0:
+            yield from self._resized([as_rgb_uint8(image) for image in images])
+
+    def _tiled(self, image: np.ndarray) -> RawOutput:
+        """One image by sliding window: batches of tiles in, blended full-size probabilities out."""
+        size = self.image_size
+        grid = TileGrid.cover(image.shape[0], image.shape[1], size, self.tile_overlap)
+        padded = pad_to_tile(image, size)
+        stitcher = Stitcher(grid)
+        class_rows, scores = [], []
+        for origins in grid.batches(self.tile_batch_size):
+            batch = torch.stack([self._normalise(padded[y:y + size, x:x + size]) for y, x in origins])
+            seg, cls = (t.numpy() for t in self._views(batch))
+            stitcher.add(seg, origins)
+            class_rows.append(cls)
+            scores.append(tile_defect_scores(cls, seg, has_good=self.labels.has_good))
+        class_probs = image_class_probs(np.concatenate(class_rows), np.concatenate(scores))
+        return RawOutput(class_probs, stitcher.result())
+
+    def _resized(self, rgb: list[np.ndarray]) -> list[RawOutput]:
         batch = torch.stack([self.preprocess(image) for image in rgb])
-        seg_sum, cls_sum = self._probs(batch)
-        for flip in self.tta:
-            dims = TTA_FLIPS[flip]
-            seg, cls = self._probs(torch.flip(batch, dims))
-            seg_sum, cls_sum = seg_sum + torch.flip(seg, dims), cls_sum + cls
-        views = 1 + len(self.tta)
-        class_probs, seg_probs = (cls_sum / views).numpy(), (seg_sum / views).numpy()
+        seg_probs, class_probs = (t.numpy() for t in self._views(batch))
         out = []
         for i, image in enumerate(rgb):
             height, width = image.shape[:2]
@@ -142,6 +196,16 @@ class Predictor(_Decisions):
                                interpolation=cv2.INTER_LINEAR)
             out.append(RawOutput(class_probs[i], probs.reshape(height, width, -1)))
         return out
+
+    def _views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel, class) probabilities of a batch averaged over the plain view and the test-time flips."""
+        seg_sum, cls_sum = self._probs(batch)
+        for flip in self.tta:
+            dims = TTA_FLIPS[flip]
+            seg, cls = self._probs(torch.flip(batch, dims))
+            seg_sum, cls_sum = seg_sum + torch.flip(seg, dims), cls_sum + cls
+        views = 1 + len(self.tta)
+        return seg_sum / views, cls_sum / views
 
     def _probs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel probabilities (N, C, S, S), class probabilities (N, K)) on the CPU, at the input size."""
@@ -188,7 +252,15 @@ class EnsemblePredictor(_Decisions):
         self.thresholds = thresholds or Thresholds()
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
-        outputs = [member.probabilities(images) for member in self.members]
-        return [RawOutput(sum(w * raw.class_probs for w, raw in zip(self.weights, per_image)),
-                          sum(w * raw.seg_probs for w, raw in zip(self.weights, per_image)))
-                for per_image in zip(*outputs)]
+        return list(self.iter_probabilities(images))
+
+    def iter_probabilities(self, images: Sequence[np.ndarray]) -> Iterator[RawOutput]:
+        """Batched like the members; with a tiling member, image by image (one image's maps at a time)."""
+        groups = [[image] for image in images] if any(m.input_mode == "tile" for m in self.members) else [images]
+        for group in groups:
+            if len(group) == 0:
+                continue
+            outputs = [member.probabilities(group) for member in self.members]
+            for per_image in zip(*outputs):
+                yield RawOutput(sum(w * raw.class_probs for w, raw in zip(self.weights, per_image)),
+                                sum(w * raw.seg_probs for w, raw in zip(self.weights, per_image)))

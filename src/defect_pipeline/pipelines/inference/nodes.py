@@ -69,14 +69,15 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
                                     "kedro run --pipeline=ensemble tunes one)")
         thresholds, source = _thresholds_of(untuned, cfg)
         predictor = variant_predictor(packages, list(cfg.checkpoint), [1.0] * len(packages),
-                                      {"members": list(range(len(packages))), "tta": cfg.tta}, thresholds)
+                                      {"members": list(range(len(packages))), "tta": cfg.tta}, thresholds,
+                                      tile_overlap=cfg.tile_overlap)
         return predictor, thresholds, source, {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
     if cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
         if cfg.backend != "torch" or cfg.tta:
             raise ValueError("an ensemble.json runs with inference.backend: torch and brings its own test-time flips; "
                              "leave inference.tta empty")
         spec = json.loads(Path(cfg.checkpoint).read_text())
-        predictor = predictor_from_ensemble_spec(spec, load_logged=load_logged_package)
+        predictor = predictor_from_ensemble_spec(spec, load_logged=load_logged_package, tile_overlap=cfg.tile_overlap)
         thresholds, source = _thresholds_of(predictor.thresholds, cfg)
         predictor.thresholds = thresholds
         description = {"ensemble": cfg.checkpoint, "variant": spec["final_variant"],
@@ -86,8 +87,11 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
     package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
     thresholds, source = _thresholds_of(package.thresholds, cfg)
     predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
-                          onnx_threads=runtime.onnx_threads)
-    return predictor, thresholds, source, {**model_description(package), "tta": list(cfg.tta)}
+                          onnx_threads=runtime.onnx_threads, tile_overlap=cfg.tile_overlap)
+    description = {**model_description(package), "tta": list(cfg.tta)}
+    if predictor.input_mode == "tile":
+        description["tile_overlap"] = cfg.tile_overlap
+    return predictor, thresholds, source, description
 
 
 def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, runtime: RuntimeParams
