@@ -14,6 +14,7 @@ BENCHMARKS = {
     "distributed": "defect_pipeline.benchmarks.distributed",
     "ensemble": "defect_pipeline.benchmarks.ensemble",
     "schedules": "defect_pipeline.benchmarks.schedules",  # a figure for docs/training.md, nothing measured
+    "tiling": "defect_pipeline.benchmarks.tiling",
 }
 
 
