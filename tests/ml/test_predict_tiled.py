@@ -246,3 +246,23 @@ def test_evaluation_scores_the_stitched_full_resolution_masks() -> None:
     result = evaluate_split(LargeImages(), Predictor(bright_package()), tuned=Thresholds(), worst_k=0, batch_size=3)
     metrics = result.summary["final_metrics_fixed"]
     assert metrics["accuracy"] == pytest.approx(1.0) and metrics["iou/crack"] == pytest.approx(1.0)
+
+
+def test_a_model_trained_on_rescaled_crops_sees_the_image_rescaled_and_answers_at_full_size() -> None:
+    """``input_scale: 0.5`` (crops of images halved, ``model.crop.scale``): the tiles come from the halved image
+    and the masks come back at the image's own size, the defect in its place. Before the predictor read the key,
+    it tiled the full-size image (88 tiles here instead of 20)."""
+    package = bright_package()
+    package.meta["input_scale"] = 0.5
+    predictor = Predictor(package)
+    seen: list[int] = []
+    run = predictor._run
+    predictor._run = lambda batch: (seen.append(batch.shape[0]), run(batch))[1]
+    image = dark(256, 192)
+    image[100:116, 40:56] = 255
+    raw = predictor.probabilities([image])[0]
+    assert raw.seg_probs.shape[:2] == (256, 192)
+    assert sum(seen) == len(TileGrid.cover(128, 96, TILE, 0.25)) < len(TileGrid.cover(256, 192, TILE, 0.25))
+    mask = raw.defect_pixel_probs > 0.5
+    assert mask[102:114, 42:54].all() and not mask[:95].any() and not mask[121:].any()
+    assert not mask[:, :35].any() and not mask[:, 61:].any()

@@ -124,6 +124,9 @@ class Predictor(_Decisions):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.input_mode = package.input_mode
+        self.input_scale = float(package.meta.get("input_scale", 1.0))  # crops of images rescaled by this
+        if not 0.0 < self.input_scale <= 4.0:
+            raise ValueError(f"input_scale must be in (0, 4], got {self.input_scale} in the model meta")
         if int(tile_batch_size) < 1:
             raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
         self.tile_overlap = check_overlap(tile_overlap)
@@ -171,7 +174,21 @@ class Predictor(_Decisions):
             yield from self._resized([as_rgb_uint8(image) for image in images])
 
     def _tiled(self, image: np.ndarray) -> RawOutput:
-        """One image by sliding window: batches of tiles in, blended full-size probabilities out."""
+        """One image by sliding window: batches of tiles in, blended full-size probabilities out.
+
+        A model trained on crops of rescaled images (``input_scale`` != 1) sees the image rescaled
+        the same way; its stitched probabilities are resized back to the image's own size.
+        """
+        if self.input_scale != 1.0:
+            height, width = image.shape[:2]
+            scaled = cv2.resize(image, (max(1, round(width * self.input_scale)), max(1, round(height * self.input_scale))),
+                                interpolation=cv2.INTER_AREA if self.input_scale < 1 else cv2.INTER_LINEAR)
+            raw = self._tiled_at_native(scaled)
+            probs = cv2.resize(np.ascontiguousarray(raw.seg_probs), (width, height), interpolation=cv2.INTER_LINEAR)
+            return RawOutput(raw.class_probs, probs.reshape(height, width, -1))
+        return self._tiled_at_native(image)
+
+    def _tiled_at_native(self, image: np.ndarray) -> RawOutput:
         size = self.image_size
         grid = TileGrid.cover(image.shape[0], image.shape[1], size, self.tile_overlap)
         padded = pad_to_tile(image, size)
