@@ -167,7 +167,8 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
             f"non-finite loss at step {state.global_step}, epoch {progress.epoch}, batch {index} (this process: "
             f"{total}, cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
             "checkpoint was written. Lower the learning rate or check this batch's images.")
-    progress.add_batch(len(batch), total, loss)
+    correct = float((out.cls_logits.detach().argmax(dim=1) == batch.label).sum())  # training accuracy, no RNG
+    progress.add_batch(len(batch), total, loss, correct)
     if steps_now:
         average_gradients(processes, list(parts.loss_fn.parameters()))
         progress.end_step(state.global_step + 1, dropout, parts.optimizer.param_groups)
@@ -231,7 +232,7 @@ def end_epoch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, 
 
 def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
                val: dict[str, float]) -> dict[str, Any]:
-    """The epoch's history row: mean training losses, validation figures, LRs, dropout, loss weights, timings,
+    """The epoch's history row: mean training losses and training accuracy, validation figures, LRs, dropout, loss weights, timings,
     memory (peak RSS where the platform reports it; peak GPU memory on CUDA) and the torch CPU threads it ran
     with."""
     row: dict[str, Any] = {"epoch": progress.epoch, "global_step": state.global_step}

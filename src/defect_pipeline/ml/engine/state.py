@@ -32,7 +32,9 @@ class Trainables:
 
 
 def _zero_sums() -> dict[str, float]:
-    return {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0}
+    # per-sample sums: each becomes its mean over the epoch's samples in the history row
+    # (``train_accuracy`` sums correct image-class predictions, so its mean is the accuracy)
+    return {"train_loss": 0.0, "train_cls_loss": 0.0, "train_seg_loss": 0.0, "train_accuracy": 0.0}
 
 
 @dataclass
@@ -57,8 +59,9 @@ class EpochProgress:
     started: float = 0.0  # time.perf_counter() at the epoch's start
     train_seconds: float = 0.0
 
-    def add_batch(self, size: int, total: float, loss: Any) -> None:
-        """Count a trained batch of ``size`` samples: its total loss ``total`` and ``loss``'s parts and weights."""
+    def add_batch(self, size: int, total: float, loss: Any, correct: float = 0.0) -> None:
+        """Count a trained batch of ``size`` samples: its total loss ``total``, ``loss``'s parts and weights, and
+        ``correct``, how many of its images the classification head got right (the training accuracy)."""
         self.accumulated_loss += total
         self.accumulated_batches += 1
         self.batches_done += 1
@@ -66,6 +69,7 @@ class EpochProgress:
         self.sums["train_loss"] += total * size
         self.sums["train_cls_loss"] += float(loss.cls) * size
         self.sums["train_seg_loss"] += float(loss.seg) * size
+        self.sums["train_accuracy"] += correct
         self.weights = loss.weights
 
     def end_step(self, step: int, dropout: float, param_groups: list[dict[str, Any]]) -> None:
@@ -84,7 +88,9 @@ class EpochProgress:
     @classmethod
     def from_checkpoint(cls, partial: dict[str, Any], rng: dict[str, Any]) -> EpochProgress:
         """The progress a ``partial_epoch`` entry describes; ``rng``: the checkpoint's RNG states."""
-        return cls(epoch=partial["epoch"], batches_done=partial["batches_done"], sums=dict(partial["sums"]),
+        # a checkpoint written before train_accuracy was logged has no such sum: it counts from here
+        return cls(epoch=partial["epoch"], batches_done=partial["batches_done"],
+                   sums={**_zero_sums(), **partial["sums"]},
                    seen=partial["seen"], steps=list(partial["steps"]), weights=dict(partial["weights"]),
                    seen_before=partial["seen"], rng=rng)
 
