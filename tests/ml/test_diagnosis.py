@@ -1,11 +1,21 @@
-"""The curve diagnosis on synthetic histories with known problems, and none on a clean one."""
+"""The curve diagnosis on synthetic histories with known problems, none on a clean one, and the default demo run's.
+
+The findings read from predictions and per-task losses, and the commands, have their own tests
+(``test_diagnosis_findings.py``, ``test_diagnosis_commands.py``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
+import yaml
 
+from defect_pipeline.config import validate_parameters
 from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
+from tests.conftest import REPO_ROOT
 
 
 def history(train_loss, val_loss, score, lr=None, dropout=None) -> pd.DataFrame:
@@ -29,7 +39,7 @@ def test_a_clean_converging_curve_has_no_warning() -> None:
     score = list(0.8 - 0.5 * np.exp(-0.4 * np.arange(n)))
     report = diagnose(history(train, val, score))
     assert report["healthy"] and kinds(report) == set()
-    assert kinds(report, ("info",)) == {"still_improving"}
+    assert kinds(report, ("info",)) == {"still_improving", "convergence_speed"}
 
 
 def test_overfitting_gives_a_gap_alert_with_the_first_epoch_and_advice() -> None:
@@ -100,3 +110,30 @@ def test_markdown_lists_every_finding() -> None:
     report = diagnose(history(train, train, [0.3, 0.4, 0.5, 0.45, 0.3, 0.2]), stopped_early=True)
     text = render_diagnosis_markdown(report, title="stage2")
     assert "ALERT: divergence" in text and "INFO: early_stopping" in text and "What to change" in text
+
+
+DEMO = Path(__file__).parent / "fixtures" / "demo_default"
+
+
+@pytest.mark.parametrize(("stage", "expected", "next_command"), [
+    ("stage1", {"convergence_speed"}, None),
+    ("stage2", {"plateau", "convergence_speed", "dropout_switch"},
+     "kedro run --pipeline=stage2 --params stage2.eta_min_ratio=0.1,stage2.resume=false"),
+    ("stage3", {"underfitting"},
+     "kedro run --pipeline=stage3 --params stage3.lr=0.0006,stage3.backbone_lr=0.0003,stage3.resume=false"),
+])
+def test_the_default_demo_run_gets_sensible_findings(stage: str, expected: set, next_command: str | None) -> None:
+    """The histories of a default ``kedro run`` on the demo data (conf/base, with ``train_accuracy``): no
+    collapse (the model recognises every class), no overfitting alarm from stage 1's 2-epoch noise, stage 2's
+    plateau at a decayed LR with the command that raises ``eta_min_ratio``, stage 3's underfitting."""
+    from defect_pipeline.ml.stage import stage_rerun_target  # here: the tests above also run on older code
+
+    params = {}
+    for path in sorted((REPO_ROOT / "conf/base").glob("parameters*.yml")):
+        params.update(yaml.safe_load(path.read_text()))
+    blocks = validate_parameters(params)
+    history = pd.read_csv(DEMO / f"{stage}_history.csv")
+    report = diagnose(history, DiagnosisConfig.from_params(blocks["diagnosis"]),
+                      target=stage_rerun_target(stage, blocks[stage], blocks["model"], input_mode_used="resize"))
+    assert {f["kind"] for f in report["findings"]} == expected
+    assert report["next_command"] == next_command

@@ -95,6 +95,12 @@ def test_each_stage_writes_its_curve_diagnosis(kedro_project: Path) -> None:
         "# Training-curve diagnosis: stage1")
     assert _summary(kedro_project, "stage1")["diagnosis"] == [f"{f['severity']}: {f['kind']}"
                                                               for f in report["findings"]]
+    # the commands rerun stage1 (stage2 and stage3 start from it); train accuracy is logged for "train >> val"
+    assert report["rerun"] == {"pipeline": "stage1", "stage": "stage1", "later_stages": ["stage2", "stage3"]}
+    assert all(a["command"].startswith("kedro run --pipeline=") for f in report["findings"] for a in f["actions"]
+               if "command" in a)
+    history = pd.read_csv(kedro_project / "data/08_reporting/stage1/history.csv")
+    assert history["train_accuracy"].between(0.0, 1.0).all()
 
 
 def test_diagnose_pipeline_reads_any_history(kedro_project: Path) -> None:
@@ -106,5 +112,15 @@ def test_diagnose_pipeline_reads_any_history(kedro_project: Path) -> None:
     run_kedro(kedro_project, "diagnose", params={"diagnosis": {"history": str(history)}})
     report = json.loads((kedro_project / "data/08_reporting/diagnosis/diagnosis.json").read_text())
     assert {f["kind"] for f in report["findings"]} >= {"divergence"}
+    assert report["rerun"] is None and report["next_command"] is None  # no stage known: advice only
+    # in a stage's folder (or with diagnosis.stage) the commands rerun that stage from its current parameters
+    (kedro_project / "runs/stage2").mkdir(parents=True)
+    staged = kedro_project / "runs/stage2/history.csv"
+    staged.write_text(history.read_text())
+    run_kedro(kedro_project, "diagnose", params={"diagnosis": {"history": str(staged)}})
+    report = json.loads((kedro_project / "data/08_reporting/diagnosis/diagnosis.json").read_text())
+    assert report["next_command"] == ("kedro run --pipeline=stage2 --params stage2.lr=0.00067,"
+                                      "stage2.backbone_lr=0.00067,stage2.warmup_epochs=2.0,stage2.resume=false")
+    assert "```bash" in (kedro_project / "data/08_reporting/diagnosis/diagnosis.md").read_text()
     with pytest.raises(ValueError, match="diagnosis.monitor 'val_nope'"):
         run_kedro(kedro_project, "diagnose", params={"diagnosis": {"history": str(history), "monitor": "val_nope"}})

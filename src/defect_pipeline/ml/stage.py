@@ -29,6 +29,7 @@ import torch
 from matplotlib.figure import Figure
 
 from defect_pipeline.config import (
+    STAGES,
     AugmentationParams,
     DataParams,
     DiagnosisParams,
@@ -45,6 +46,7 @@ from defect_pipeline.ml.crops import CropSampler, CroppedTransform
 from defect_pipeline.ml.curves import plot_training_curves
 from defect_pipeline.ml.dataset import ManifestDataset, class_counts, labels_from_manifest
 from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
+from defect_pipeline.ml.diagnosis_commands import RerunTarget
 from defect_pipeline.ml.distributed import TrainerSettings, launch, resolve_trainer
 from defect_pipeline.ml.engine import EngineConfig, TrainingJob, TrainingLogger, run_training_job
 from defect_pipeline.ml.input_mode import InputPlan, input_facts, package_input_meta, resolve_input_mode
@@ -53,6 +55,7 @@ from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, Segment
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, load_backbone_state
 from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.util import flatten
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +333,34 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
     }
 
 
-def run_stage(plan: StagePlan, diagnosis: DiagnosisParams) -> StageResult:
+def stage_rerun_target(stage_name: str, stage: StageParams, model: ModelParams, *, pipeline: str | None = None,
+                       stage_key: str | None = None, all_pipeline: str = "training",
+                       all_stage_keys: Sequence[str] = STAGES, input_mode_used: str | None = None
+                       ) -> RerunTarget | None:
+    """How the diagnosis's commands rerun stage ``stage_name``, and the settings (``stage``, ``model``) it has.
+
+    A stage of ``STAGES`` reruns as ``kedro run --pipeline=<stage>`` with its own block; any other
+    (a backbone-comparison candidate) needs ``pipeline`` and ``stage_key`` or gets no commands.
+    """
+    pipeline = pipeline or (stage_name if stage_name in STAGES else None)
+    if pipeline is None:
+        return None
+    later = STAGES[STAGES.index(stage_name) + 1:] if stage_name in STAGES else ()
+    return RerunTarget(pipeline, stage_key or stage_name, flatten(stage.model_dump(mode="json")),
+                       flatten(model.model_dump(mode="json")), all_pipeline, tuple(all_stage_keys),
+                       input_mode_used=input_mode_used, later_stages=tuple(later))
+
+
+def rerun_target(plan: StagePlan, **how: Any) -> RerunTarget | None:
+    """:func:`stage_rerun_target` of a planned stage (with the input mode it resolved to)."""
+    return stage_rerun_target(plan.stage_name, plan.stage, plan.model,
+                              input_mode_used=plan.job.meta["input_plan"]["mode"], **how)
+
+
+def run_stage(plan: StagePlan, diagnosis: DiagnosisParams, *, rerun: RerunTarget | None = None) -> StageResult:
     """Train the planned stage and build its results; the diagnosis uses the stage's monitored metric.
+
+    ``rerun``: how the diagnosis's commands run the stage again (default: :func:`rerun_target`).
 
     With ``trainer.devices x trainer.num_nodes > 1`` the training runs in worker processes launched
     by Lightning Fabric (:func:`defect_pipeline.ml.distributed.launch`); rank 0 writes the
@@ -348,12 +377,14 @@ def run_stage(plan: StagePlan, diagnosis: DiagnosisParams) -> StageResult:
     summary = _summary(plan, result, history, monitor)
     steps = pd.DataFrame(result.steps)
     config = DiagnosisConfig.from_params(diagnosis, monitor=monitor, mode=plan.stage.early_stopping.mode)
-    report = diagnose(history, config, steps=steps, stopped_early=result.stop_reason == "early_stopping")
+    report = diagnose(history, config, steps=steps, stopped_early=result.stop_reason == "early_stopping",
+                      target=rerun or rerun_target(plan))
     summary["diagnosis"] = [f"{f['severity']}: {f['kind']}" for f in report["findings"]]
     for finding in report["findings"]:
         if finding["severity"] != "info":
-            logger.warning("%s diagnosis — %s: %s. %s", stage_name, finding["kind"], finding["message"],
-                           finding["recommendation"])
+            command = next((a["command"] for a in finding["actions"] if "command" in a), None)
+            logger.warning("%s diagnosis — %s: %s. %s%s", stage_name, finding["kind"], finding["message"],
+                           finding["recommendation"], f". To apply: {command}" if command else "")
     curves = plot_training_curves(history, monitor=monitor, title=f"{stage_name}: {plan.model.backbone}")
     best_kind = "best" if store.has_best() else "last"
     package = ModelPackage.from_checkpoint(store.load(best_kind),

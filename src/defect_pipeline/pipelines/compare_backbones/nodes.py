@@ -32,7 +32,7 @@ from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import labels_from_manifest
 from defect_pipeline.ml.distributed import free_memory_bytes, resolve_trainer
 from defect_pipeline.ml.models import training_memory_estimate
-from defect_pipeline.ml.stage import build_training_job, run_stage
+from defect_pipeline.ml.stage import build_training_job, rerun_target, run_stage
 from defect_pipeline.tracking.outcome import NodeOutcome
 from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
@@ -95,7 +95,9 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
                                   checkpoints=checkpoint_dir, model=candidate, stage=compare.stage,
                                   augmentation=augmentation, data=data, runtime=runtime, trainer=trainer,
                                   stage_name=f"compare:{backbone}", training_logger=MlflowTrainingLogger())
-        result = run_stage(plan, diagnosis)
+        rerun = rerun_target(plan, pipeline="compare_backbones", stage_key="compare_backbones.stage",
+                             all_pipeline="compare_backbones", all_stage_keys=("compare_backbones.stage",))
+        result = run_stage(plan, diagnosis, rerun=rerun)
         log_stage_result(result.summary)
     except (MemoryError, torch.OutOfMemoryError) as error:
         return _not_compared(base, "failed_memory", f"{type(error).__name__}: {str(error)[:300]}")
