@@ -167,3 +167,34 @@ def test_scheduler_defaults_to_cosine_and_accepts_its_own_settings() -> None:
     assert (step.step_epochs, step.step_gamma) == (3, 0.5)
     assert validate_parameters({"stage1": {"scheduler": "constant", "restart_mult": 1.0}})["stage1"].scheduler == \
         "constant"  # a setting left at its default is not an error under another scheduler
+
+
+@pytest.mark.parametrize(("stage", "fragment"), [
+    ({"val_every_n_steps": 0}, "stage2.val_every_n_steps: Input should be greater than or equal to 1 (got 0)"),
+    ({"max_steps": 0}, "stage2.max_steps: Input should be greater than or equal to 1 (got 0)"),
+    ({"checkpoint_every_n_steps": -5}, "stage2.checkpoint_every_n_steps: Input should be greater than or equal to 1"),
+    ({"checkpoint_every_n_steps": 100, "keep_last_n": 0}, "stage2.keep_last_n: Input should be greater than or equal "
+                                                          "to 1"),
+    ({"keep_last_n": 5}, "stage2.keep_last_n: Value error, keep_last_n applies to step checkpoints only, but "
+                         "checkpoint_every_n_steps is not set"),
+    ({"val_every_n_step": 100}, "stage2.val_every_n_step: unknown key. Did you mean 'val_every_n_steps'"),
+])
+def test_step_settings_are_checked_with_the_key_named(stage: dict, fragment: str) -> None:
+    """Written before the step settings existed: there every case failed as an unknown key."""
+    with pytest.raises(ParameterError) as error:
+        validate_parameters({"stage2": stage})
+    assert fragment in str(error.value)
+
+
+def test_step_settings_default_to_once_per_epoch_and_are_accepted() -> None:
+    from defect_pipeline.config import StageParams
+
+    default = StageParams()
+    assert (default.max_steps, default.val_every_n_steps, default.checkpoint_every_n_steps) == (None, None, None)
+    stage = validate_parameters({"stage2": {"max_steps": 3000, "val_every_n_steps": 500,
+                                            "checkpoint_every_n_steps": 250, "keep_last_n": 2}})["stage2"]
+    assert (stage.max_steps, stage.val_every_n_steps, stage.checkpoint_every_n_steps, stage.keep_last_n) == \
+        (3000, 500, 250, 2)
+    assert validate_parameters({"stage2": {"checkpoint_every_n_steps": 250, "keep_last_n": None}})["stage2"] \
+        .keep_last_n is None  # keep every step file
+

@@ -68,3 +68,28 @@ def test_a_sqlite_uri_in_a_missing_folder_is_named(tmp_path: Path) -> None:
     check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(TrackingUnavailableError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize(("rows_by_step", "expected"), [(False, [1, 1]), (True, [4, 6])])
+def test_history_rows_are_logged_at_the_epoch_or_at_the_optimizer_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows_by_step: bool, expected: list[int]) -> None:
+    """Two validations in epoch 1 (``val_every_n_steps``) keep their order in MLflow only at step = optimizer
+    step; by default (one row per epoch) the MLflow step stays the epoch. Failed before ``rows_by_step``
+    existed (an unexpected keyword)."""
+    import mlflow
+
+    from defect_pipeline.tracking.runs import MlflowTrainingLogger
+
+    previous, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes it too: restored after the test
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("rows_by_step")
+        with mlflow.start_run() as active:
+            training_logger = MlflowTrainingLogger(rows_by_step=rows_by_step)
+            training_logger.log_epoch(1, 4, {"val_loss": 0.9})
+            training_logger.log_epoch(1, 6, {"val_loss": 0.7})
+        history = mlflow.MlflowClient().get_metric_history(active.info.run_id, "val_loss")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert sorted((m.step, m.value) for m in history) == sorted(zip(expected, [0.9, 0.7], strict=True))

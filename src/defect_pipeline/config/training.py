@@ -4,14 +4,15 @@ Blocks: ``model`` (shared by every stage: backbone, decoder, input size and inpu
 images resized or crops —), ``augmentation``
 (the albumentations recipe and its preview) and one :class:`StageParams` block per stage
 (``stage1``, ``stage2``, ``stage3``): optimisation, loss weighting, schedules, early stopping,
-and where the stage starts from (``init_from``).
+step-level control (length, validation and checkpoints every N steps) and where the stage starts
+from (``init_from``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from defect_pipeline.config.base import StrictModel
 
@@ -142,7 +143,8 @@ class DropoutParams(StrictModel):
 
 
 class EarlyStoppingParams(StrictModel):
-    """Stop when the monitored validation metric has not improved for ``patience`` epochs."""
+    """Stop when the monitored validation metric has not improved for ``patience`` validations (epochs,
+    unless the stage sets ``val_every_n_steps``)."""
 
     monitor: str = "combined_score"
     mode: Literal["max", "min"] = "max"
@@ -151,7 +153,13 @@ class EarlyStoppingParams(StrictModel):
 
 
 class StageParams(StrictModel):
-    """Blocks ``stage1``/``stage2``/``stage3``: one training stage."""
+    """Blocks ``stage1``/``stage2``/``stage3``: one training stage.
+
+    Step-level control (docs/training.md, "Step-level control"): ``max_steps`` sets the length in
+    optimizer steps instead of ``epochs``; ``val_every_n_steps`` validates (history row, early
+    stopping, ``best``/``last``) every N steps instead of once per epoch;
+    ``checkpoint_every_n_steps`` writes numbered ``step_<N>.pt`` files, the newest ``keep_last_n`` kept.
+    """
 
     init_from: str = Field("scratch", description="scratch | stage1 | stage2 | path to a checkpoint file")
     freeze_backbone: bool = False
@@ -174,6 +182,13 @@ class StageParams(StrictModel):
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke tests")
+    max_steps: int | None = Field(None, ge=1, description="the stage's length in optimizer steps, instead of "
+                                                          "epochs (the LR and loss-weight schedules span it)")
+    val_every_n_steps: int | None = Field(None, ge=1, description="validate every N optimizer steps (and after "
+                                                                  "the last); null = once per epoch")
+    checkpoint_every_n_steps: int | None = Field(None, ge=1, description="write step_<N>.pt every N optimizer "
+                                                                         "steps, besides best.pt and last.pt")
+    keep_last_n: int | None = Field(3, ge=1, description="step_<N>.pt files kept (the oldest removed); null = all")
     resume: bool = True
     loss: LossParams = LossParams()
     dropout: DropoutParams = DropoutParams()
@@ -190,6 +205,14 @@ class StageParams(StrictModel):
                     raise ValueError(f"{key!r} moved to the shared trainer block: set {new} instead "
                                      "(every stage and process uses the same one)")
         return values
+
+    @field_validator("keep_last_n")
+    @classmethod
+    def _keep_needs_step_checkpoints(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("checkpoint_every_n_steps", 0) is None:
+            raise ValueError("keep_last_n applies to step checkpoints only, but checkpoint_every_n_steps is not "
+                             "set: set checkpoint_every_n_steps (e.g. 500), or remove keep_last_n")
+        return value
 
     @model_validator(mode="after")
     def _schedule_settings_fit(self) -> StageParams:

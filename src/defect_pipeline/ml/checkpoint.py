@@ -6,7 +6,7 @@ the resolved configuration, the label space, the monitored metric and its best v
 data-manifest hash and the training history so far. Files are written to a temporary file in
 the same folder, flushed and fsync'ed, then renamed over the final name (:func:`atomic_write`, also
 used by the project's report datasets), so a crash never leaves a partial file at ``best.pt`` /
-``last.pt``; a full disk raises :class:`DiskFullError`, naming the file and the free space, with the
+``last.pt`` / ``step_<N>.pt``; a full disk raises :class:`DiskFullError`, naming the file and the free space, with the
 previous file untouched. Loading always uses ``torch.load(weights_only=True)``: a pickle that would
 run code is refused.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -187,9 +188,13 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
+STEP_FILE = re.compile(r"^step_(\d+)\.pt$")  # the numbered checkpoints of checkpoint_every_n_steps
+
+
 @dataclass(frozen=True)
 class CheckpointStore:
-    """The folder of one training stage: ``last.pt`` (resume point) and ``best.pt``."""
+    """The folder of one training stage: ``last.pt`` (resume point), ``best.pt``, and the numbered
+    ``step_<N>.pt`` (the state after optimizer step ``N``) when a stage writes them."""
 
     path: str
 
@@ -215,6 +220,31 @@ class CheckpointStore:
 
     def load(self, kind: str) -> dict[str, Any]:
         return safe_torch_load(Path(self.path) / f"{kind}.pt")
+
+    def step_path(self, step: int) -> Path:
+        return Path(self.path) / f"step_{step}.pt"
+
+    def save_step(self, step: int, state: dict[str, Any]) -> Path:
+        """Write ``step_<step>.pt`` atomically (a resumable checkpoint of kind ``step``)."""
+        return atomic_torch_save({"format": CHECKPOINT_FORMAT, "kind": "step", **state}, self.step_path(step))
+
+    def step_files(self) -> list[tuple[int, Path]]:
+        """``(N, path)`` of every ``step_<N>.pt`` in the folder, the smallest ``N`` first."""
+        folder = Path(self.path)
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.match(p.name))] \
+            if folder.is_dir() else []
+        return sorted(found)
+
+    def remove_old_steps(self, keep: int | None, *, newest: int) -> list[Path]:
+        """Delete the ``step_<N>.pt`` with the smallest ``N`` beyond the ``keep`` newest (``None``: keep all);
+        ``step_<newest>.pt``, the one just written, is never removed. The deleted paths."""
+        if keep is None:
+            return []
+        files = [(step, path) for step, path in self.step_files() if step != newest]
+        removed = [path for _, path in files[:max(len(files) + 1 - keep, 0)]]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
 
     def remove_stale_temp_files(self) -> list[str]:
         """Delete temp files a killed write left behind (``.last.pt.*.tmp``); their names."""

@@ -2,7 +2,8 @@
 
 :func:`inventory` lists every checkpoint file under a folder (``*.pt``, ``*.pth``,
 ``*.safetensors``): size, stage, epoch, global step of total steps and % complete, monitored metric
-and its best value, and which files are a stage's ``best`` / ``last``. A file that cannot be read
+and its best value, and which files are a stage's ``best`` / ``last`` / ``step`` (the numbered
+``step_<N>.pt`` of ``checkpoint_every_n_steps``, listed after them in step order). A file that cannot be read
 (corrupt, foreign, or a pickle that would run code — everything is read with
 ``weights_only=True``) is listed with its error instead of stopping the listing.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from defect_pipeline.ml.checkpoint import CheckpointError, read_weights_file
+from defect_pipeline.ml.checkpoint import STEP_FILE, CheckpointError, read_weights_file
 from defect_pipeline.ml.schedules import dropout_at_step
 from defect_pipeline.util import flatten
 
@@ -47,14 +48,20 @@ def _read(path: Path) -> tuple[dict[str, Any], str]:
     return state, str(state.get("kind", "checkpoint"))
 
 
+def _listing_order(path: Path) -> tuple:
+    """Folder by folder; in each, ``step_<N>.pt`` after the other files, by ``N`` (``step_900`` before ``step_1000``)."""
+    step = STEP_FILE.match(path.name)
+    return (path.parent.as_posix(), (1, int(step.group(1)), "") if step else (0, 0, path.name))
+
+
 def inventory(folder: str | Path) -> list[dict[str, Any]]:
     """One row per checkpoint file under ``folder`` (see the module docstring)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"inspect.path {folder} is not a folder of checkpoints (e.g. data/06_models)")
     rows = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()
-                       and not p.name.startswith(".")):
+    for path in sorted((p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()
+                        and not p.name.startswith(".")), key=_listing_order):
         row: dict[str, Any] = {"file": path.relative_to(folder).as_posix(), "size_mb": round(path.stat().st_size / 2**20, 2)}
         try:
             state, kind = _read(path)

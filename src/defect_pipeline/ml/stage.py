@@ -255,7 +255,8 @@ def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfi
         mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,
         dropout_rate=s.dropout.rate, dropout_warmup_step=s.dropout.warmup_step,
         freeze_backbone=s.freeze_backbone, seed=s.seed, max_batches_per_epoch=s.max_batches_per_epoch,
-        resume=s.resume, time_budget_s=s.time_budget_s)
+        resume=s.resume, time_budget_s=s.time_budget_s, max_steps=s.max_steps, val_every_n_steps=s.val_every_n_steps,
+        checkpoint_every_n_steps=s.checkpoint_every_n_steps, keep_last_n=s.keep_last_n)
 
 
 def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes: Sequence[str],
@@ -322,7 +323,8 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
         "input_mode": meta["input_plan"]["mode"], "input_plan": meta["input_plan"],
         "cpu_threads": (result.history[-1] if result.history else {}).get("cpu_threads"),
         "monitor": monitor, "best_metric": result.best_metric,
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "global_step": result.global_step,
+        "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs_run": result.epochs_run,
+        "global_step": result.global_step,
         "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
         "already_finished": result.already_finished, "resumed_from_epoch": result.resumed_from_epoch,
         "best_checkpoint": str(store.best_path), "last_checkpoint": str(store.last_path),

@@ -128,11 +128,14 @@ class MlflowTrainingLogger:
     """Per-epoch metrics (step = epoch) and per-step ``step/*`` metrics (step = optimizer step) into the
     MLflow run active when the logger is created; a no-op without one.
 
+    ``rows_by_step``: the history rows are validations every ``val_every_n_steps`` optimizer steps
+    (several per epoch), so their metrics are logged at step = optimizer step instead of the epoch.
     The run is addressed by id and tracking URI, not through MLflow's per-process active run, so
     the logger keeps working in a training worker process (it is picklable: two strings).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, rows_by_step: bool = False) -> None:
+        self.rows_by_step = rows_by_step
         active = mlflow.active_run()
         self.run_id: str | None = active.info.run_id if active is not None else None
         self.tracking_uri = mlflow.get_tracking_uri()
@@ -156,8 +159,8 @@ class MlflowTrainingLogger:
         if self.run_id is not None:
             from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            self._log([Metric(key, value, now, int(epoch)) for key, value in numeric_metrics(row).items()])
+            now, x = int(time.time() * 1000), int(step if self.rows_by_step else epoch)
+            self._log([Metric(key, value, now, x) for key, value in numeric_metrics(row).items()])
 
     def log_steps(self, rows: list[dict[str, Any]]) -> None:
         """Per-optimizer-step ``step/<name>`` metrics (dropout, LR per group, loss), step = global step."""

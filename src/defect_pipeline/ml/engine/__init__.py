@@ -4,13 +4,17 @@
 schedule, resume from ``last`` when there is one, then per epoch ``train_epoch`` → ``validate`` →
 ``end_epoch``. Per optimizer step the loop goes through labelled phases — set dropout → forward
 (autocast) → check the loss is finite → backward (accumulate) → clip → step + LR schedule — and
-per epoch: validate → early-stopping bookkeeping → checkpoint (``best`` when the monitored metric
-improved, ``last`` always) → log. Modules:
+per validation (once per epoch, or every ``val_every_n_steps`` optimizer steps): validate →
+early-stopping bookkeeping → checkpoint (``best`` when the monitored metric improved, ``last``
+always) → log. A stage lasts ``epochs`` epochs or ``max_steps`` optimizer steps. Modules:
 
 - ``interface``: what a caller hands in and gets back (:class:`EngineConfig`, :class:`TrainResult`,
   :class:`TrainingLogger`, :class:`NullLogger`, :class:`NonFiniteLossError`);
-- ``loop``: :func:`train`, ``train_epoch``, ``end_epoch``, :func:`build_optimizer`;
-- ``validation``: :func:`validate`, the per-epoch validation pass;
+- ``loop``: :func:`train`, ``train_epoch``, ``record_validation`` (per epoch, or every
+  ``val_every_n_steps`` steps), ``end_epoch``, step checkpoints (``checkpoint_every_n_steps``);
+- ``start``: :func:`build_optimizer` and the trainables; the state a stage starts from (fresh,
+  its ``last.pt`` resumed — a copied ``step_<N>.pt`` included —, or already finished);
+- ``validation``: :func:`validate`, the validation pass;
 - ``state``: ``TrainState``, everything the loop changes, and its checkpoint round trip;
 - ``stop_signal``: Ctrl-C / SIGTERM handling (stop at the next optimizer step, saving ``last``);
 - ``job``: :class:`TrainingJob` / :func:`run_training_job`, what each training process runs.
@@ -33,7 +37,8 @@ from defect_pipeline.ml.engine.interface import (
     TrainResult,
 )
 from defect_pipeline.ml.engine.job import TrainingJob, run_training_job
-from defect_pipeline.ml.engine.loop import build_optimizer, train
+from defect_pipeline.ml.engine.loop import train
+from defect_pipeline.ml.engine.start import build_optimizer
 from defect_pipeline.ml.engine.validation import validate
 
 __all__ = [

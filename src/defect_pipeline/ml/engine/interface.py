@@ -9,6 +9,7 @@ per-epoch rows and checkpoint events (the caller injects one: MLflow in the pipe
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,14 +25,16 @@ class TrainingLogger(Protocol):
     """Receives what training produces, on rank 0 only (MLflow, files, or nothing)."""
 
     def log_steps(self, rows: list[dict[str, Any]]) -> None:
-        """Once per epoch, before :meth:`log_epoch`: that epoch's per-optimizer-step rows
-        (``step``, ``epoch``, ``dropout``, ``lr_<group>``, ``train_loss``)."""
+        """Before each :meth:`log_epoch` (and at an epoch's end without one): the per-optimizer-step rows
+        since the last call (``step``, ``epoch``, ``dropout``, ``lr_<group>``, ``train_loss``)."""
 
     def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
-        """The epoch's row: training and validation figures, LR per group, dropout, loss weights, timings."""
+        """A history row (once per epoch; with ``val_every_n_steps``, once per validation: ``epoch`` is the
+        epoch it fell in, ``step`` the optimizer step): training and validation figures, LR per group,
+        dropout, loss weights, timings."""
 
     def log_checkpoint(self, kind: str, path: Path) -> None:
-        """Checkpoint ``kind`` (``best`` or ``last``) was written to ``path``."""
+        """Checkpoint ``kind`` (``best``, ``last`` or ``step``) was written to ``path``."""
 
 
 class NullLogger:
@@ -79,17 +82,35 @@ class EngineConfig:
     max_batches_per_epoch: int | None = None
     resume: bool = True
     progress: bool = True
-    time_budget_s: float | None = None  # stop after the epoch that reaches it (equal-budget comparisons)
+    time_budget_s: float | None = None  # stop after the validation that reaches it (equal-budget comparisons)
+    max_steps: int | None = None  # the stage's length in optimizer steps, instead of epochs
+    val_every_n_steps: int | None = None  # validate after every N-th step and the last (None: once per epoch)
+    checkpoint_every_n_steps: int | None = None  # write step_<N>.pt after every N-th optimizer step
+    keep_last_n: int | None = 3  # step_<N>.pt files kept, the oldest removed (None: all)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The stage's length in optimizer steps: ``max_steps``, else ``epochs x steps_per_epoch``."""
+        return self.max_steps if self.max_steps is not None else steps_per_epoch * self.epochs
+
+    def epochs_to_run(self, steps_per_epoch: int) -> int:
+        """Epochs the stage runs: ``epochs``, or with ``max_steps`` as many as its steps reach (the last one
+        ends at step ``max_steps``, possibly before its last batch)."""
+        return math.ceil(self.total_steps(steps_per_epoch) / steps_per_epoch)
 
     def lr_schedule(self, steps_per_epoch: int) -> dict[str, Any]:
         """The keyword arguments of :func:`~defect_pipeline.ml.schedules.create_scheduler`: lengths in epochs
         turned into optimizer steps (``steps_per_epoch`` of them per epoch; a cycle or decay interval is at
-        least one step)."""
+        least one step); the schedule spans :meth:`total_steps`."""
         def in_steps(epochs: float | None) -> int | None:
             return None if epochs is None else max(1, round(epochs * steps_per_epoch))
 
-        return {"total_steps": steps_per_epoch * self.epochs,
-                "warmup_steps": round(self.warmup_epochs * steps_per_epoch),
+        total, warmup = self.total_steps(steps_per_epoch), round(self.warmup_epochs * steps_per_epoch)
+        if warmup > total:
+            length = f"max_steps {self.max_steps}" if self.max_steps is not None else f"epochs {self.epochs}"
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} is {warmup} optimizer steps ({steps_per_epoch} per "
+                             f"epoch), longer than the whole stage ({length}: {total} steps): lower warmup_epochs "
+                             "or lengthen the stage")
+        return {"total_steps": total, "warmup_steps": warmup,
                 "warmup_lr_ratio": self.warmup_lr_ratio, "eta_min_ratio": self.eta_min_ratio,
                 "scheduler": self.scheduler, "restart_steps": in_steps(self.restart_epochs),
                 "restart_mult": self.restart_mult, "step_size": in_steps(self.step_epochs),
@@ -102,7 +123,7 @@ class TrainResult:
 
     history: list[dict[str, Any]]
     best_metric: float | None
-    best_epoch: int | None
+    best_epoch: int | None  # the epoch of the best history row
     epochs_run: int
     global_step: int
     total_steps: int
@@ -111,4 +132,5 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
-    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stopped before the last epoch
+    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stopped before the last step
+    best_step: int | None = None  # the optimizer step of the best history row

@@ -2,11 +2,13 @@
 
 :func:`train` builds the optimizer, LR schedule and grad scaler, resumes from ``last`` when there
 is one, then per epoch runs :func:`train_epoch` (per batch: set dropout → forward (autocast) →
-check the loss is finite → backward (accumulate) → clip → step + LR schedule),
-:func:`~defect_pipeline.ml.engine.validation.validate` and :func:`end_epoch` (history row →
-early stopping and time budget → checkpoints ``best``/``last`` → log). What changes on the way is
-one :class:`~defect_pipeline.ml.engine.state.TrainState`; what stays fixed is one
-:class:`TrainingSetup`.
+check the loss is finite → backward (accumulate) → clip → step + LR schedule; after a step: a
+validation when ``val_every_n_steps`` says so, ``step_<N>.pt`` when ``checkpoint_every_n_steps``
+does) and :func:`end_epoch`. A validation (:func:`record_validation`: validate → history row →
+early stopping and time budget → checkpoints ``best``/``last`` → log) runs once per epoch by
+default, or every ``val_every_n_steps`` optimizer steps and after the last. The stage ends after
+``epochs`` epochs or at step ``max_steps``. What changes on the way is one
+:class:`~defect_pipeline.ml.engine.state.TrainState`; what stays fixed is one :class:`TrainingSetup`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defect_pipeline.ml.batch import Batch
-from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, restore_rng_state
+from defect_pipeline.ml.checkpoint import CheckpointStore, restore_rng_state
 from defect_pipeline.ml.dataset import reseed_augmentations
 from defect_pipeline.ml.device import autocast
 from defect_pipeline.ml.distributed import Processes, SingleProcess, all_finite, average_gradients
@@ -33,12 +35,19 @@ from defect_pipeline.ml.engine.interface import (
     TrainingLogger,
     TrainResult,
 )
+from defect_pipeline.ml.engine.start import (
+    already_finished,
+    build_trainables,
+    load_last,
+    remove_stale_temp_files,
+    resume_state,
+)
 from defect_pipeline.ml.engine.state import EpochProgress, Trainables, TrainState
 from defect_pipeline.ml.engine.stop_signal import StopRequest
 from defect_pipeline.ml.engine.validation import limit_batches, validate
 from defect_pipeline.ml.memory import peak_rss_mb
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.schedules import create_scheduler, dropout_at_step
+from defect_pipeline.ml.schedules import dropout_at_step
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +59,16 @@ class TrainingSetup:
     parts: Trainables
     trained: nn.Module  # parts.model as the forward pass sees it (several processes: its DDP wrapper)
     train_loader: Any
+    val_loader: Any
+    metrics: MultitaskMetrics
     config: EngineConfig
     store: CheckpointStore
     meta: dict[str, Any]
     log: TrainingLogger
     processes: Processes
     batches: int  # per epoch
-    total_steps: int
+    total_steps: int  # the stage's length in optimizer steps (max_steps, or epochs x steps per epoch)
+    epochs: int  # epochs the stage runs (with max_steps: as many as its steps reach)
     monitor: str  # the history column early stopping and ``best`` follow
     run_started: float = field(default_factory=time.perf_counter)
 
@@ -72,7 +84,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         train_loader, val_loader: data loaders yielding ``image``/``mask``/``label`` batches.
         metrics: validation metric accumulator.
         config: resolved engine configuration.
-        store: where ``best.pt`` and ``last.pt`` go.
+        store: where ``best.pt``, ``last.pt`` and ``step_<N>.pt`` go.
         meta: what makes checkpoints self-describing: ``config`` (resolved parameters),
             ``model_meta`` (backbone, decoder, seg_mode, image_size), ``labels``,
             ``manifest_hash``, ``stage``.
@@ -86,61 +98,84 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
     limit = config.max_batches_per_epoch
     batches = len(train_loader) if limit is None else min(len(train_loader), limit)
     steps_per_epoch = max(1, math.ceil(batches / config.accumulate_grad_batches))
-    parts = _build_trainables(model, loss_fn, config, steps_per_epoch)
+    parts = build_trainables(model, loss_fn, config, steps_per_epoch)
     if processes.is_main:
-        _remove_stale_temp_files(store)
-    saved = _load_last(store, meta) if config.resume else None
+        remove_stale_temp_files(store)
+    saved = load_last(store, meta) if config.resume else None
     if saved is not None and saved.get("finished"):
-        return _already_finished(saved, meta, monitor, store)
-    state = TrainState() if saved is None else _resume(saved, parts, meta, store, config)
+        return already_finished(saved, meta, monitor, store)
+    state = TrainState() if saved is None else resume_state(saved, parts, meta, store, config)
     # DDP wraps after the weights are restored: it broadcasts rank 0's weights to every rank
-    setup = TrainingSetup(parts, processes.wrap(model), train_loader, config, store, meta,
-                          training_logger or NullLogger(), processes, batches, steps_per_epoch * config.epochs, monitor)
+    setup = TrainingSetup(parts, processes.wrap(model), train_loader, val_loader, metrics, config, store, meta,
+                          training_logger or NullLogger(), processes, batches, config.total_steps(steps_per_epoch),
+                          config.epochs_to_run(steps_per_epoch), monitor)
+    if config.max_steps is not None:
+        logger.info("%s: max_steps %d replaces epochs (%d): %d epoch(s) of %d optimizer steps", meta.get("stage"),
+                    config.max_steps, config.epochs, setup.epochs, steps_per_epoch)
     with StopRequest(enabled=processes.world_size == 1) as stop:
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            progress = train_epoch(setup, state, epoch, stop)  # phases 1-4, batch by batch
-            val = validate(model, loss_fn, val_loader, metrics, device=config.device, precision=config.precision,
-                           step=state.global_step, total_steps=setup.total_steps, processes=processes)  # phase 5
-            end_epoch(setup, state, progress, val, stop)  # phases 6-7
+        for epoch in range(state.epoch + 1, setup.epochs + 1):
+            progress = train_epoch(setup, state, epoch, stop)  # phases 1-4 batch by batch (+ 5-7 every N steps)
+            if not progress.closed:
+                end_epoch(setup, state, progress, stop)  # phases 5-7 (or, validating every N steps, carry on)
             if state.stop_reason is not None:
                 break
     return TrainResult(state.history, state.best, state.best_epoch, state.epoch, state.global_step,
                        setup.total_steps, state.stop_reason is not None, resumed_from_epoch=state.resumed_from,
-                       steps=state.steps, stop_reason=state.stop_reason)
+                       steps=state.steps, stop_reason=state.stop_reason, best_step=state.best_step)
 
 
 def train_epoch(setup: TrainingSetup, state: TrainState, epoch: int, stop: StopRequest) -> EpochProgress:
-    """One pass over this rank's shard of the training set; the epoch's figures, summed over the ranks.
+    """One pass over this rank's shard of the training set; how far the epoch got and its training figures.
 
     An interrupted epoch continues: its first ``batches_done`` batches are drawn again (same
     order, same augmentation draws) but not trained on, then the RNG states saved with them are
-    restored. A stop signal saves ``last`` at the next optimizer-step boundary and stops.
+    restored. A stop signal saves ``last`` at the next optimizer-step boundary and stops. The
+    epoch ends after its last batch or at step ``max_steps``; with ``val_every_n_steps`` it is
+    closed here when a validation falls on its last step, or one stops the stage.
     """
     config = setup.config
     _seed_epoch(setup.train_loader, config.seed, epoch, setup.processes.rank)
     setup.trained.train()
     progress = state.start_epoch(epoch)
-    progress.started = time.perf_counter()
+    progress.started = progress.started or time.perf_counter()  # a period carried on keeps its start
     setup.parts.optimizer.zero_grad(set_to_none=True)
     replayed = progress.batches_done
-    bar = tqdm(total=setup.batches, desc=f"{setup.meta.get('stage', 'train')} epoch {epoch}/{config.epochs}",
+    bar = tqdm(total=setup.batches, desc=f"{setup.meta.get('stage', 'train')} epoch {epoch}/{setup.epochs}",
                disable=not (config.progress and setup.processes.is_main), leave=False, mininterval=1.0)
     for index, batch in limit_batches(setup.train_loader, config.max_batches_per_epoch):
         if index < replayed:  # drawn again, not trained on again
+            bar.update()
             if index == replayed - 1:
                 restore_rng_state(progress.rng)  # the global RNG as it was after that batch's step
-            bar.update()
+                if state.global_step >= setup.total_steps:  # resumed at step max_steps: no batch is left to draw
+                    break
             continue
         steps_now = (index + 1) % config.accumulate_grad_batches == 0 or index + 1 == setup.batches
         loss = _train_batch(setup, state, progress, Batch.from_dict(batch), index, steps_now)
         bar.set_postfix(loss=f"{loss:.4f}")
         bar.update()
-        if stop.requested and steps_now:  # a step boundary: save where the next batch would start
-            _save_and_stop(setup, state, progress, stop.requested)
+        if steps_now:
+            _after_step(setup, state, progress, stop, last_batch=index + 1 == setup.batches)
+            if stop.requested and not progress.closed:  # a step boundary: save where the next batch would start
+                _save_and_stop(setup, state, progress, stop.requested)
+            if progress.closed or state.global_step >= setup.total_steps:
+                break
     bar.close()
-    progress.train_seconds = time.perf_counter() - progress.started
-    _sum_over_ranks(progress, setup.processes)
     return progress
+
+
+def _after_step(setup: TrainingSetup, state: TrainState, progress: EpochProgress, stop: StopRequest, *,
+                last_batch: bool) -> None:
+    """What follows optimizer step ``state.global_step``: a validation every ``val_every_n_steps`` steps and
+    after the stage's last (phases 5-7), ``step_<N>.pt`` every ``checkpoint_every_n_steps`` steps."""
+    config, step = setup.config, state.global_step
+    if config.val_every_n_steps is not None and (step % config.val_every_n_steps == 0 or step >= setup.total_steps):
+        record_validation(setup, state, progress, stop, epoch_over=last_batch or step >= setup.total_steps)
+        if state.stop_reason is not None:
+            return
+        setup.trained.train()  # validation left the model in eval mode
+    if config.checkpoint_every_n_steps is not None and step % config.checkpoint_every_n_steps == 0:
+        _save_step_checkpoint(setup, state, progress)
 
 
 def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, batch: Batch, index: int,
@@ -185,54 +220,99 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
     return total
 
 
-def end_epoch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, val: dict[str, float],
-              stop: StopRequest) -> None:
-    """Close the epoch: its history row, early stopping and time budget (``state.stop_reason``),
-    checkpoints (``best`` when the monitored metric improved, ``last`` always) and logging.
+def end_epoch(setup: TrainingSetup, state: TrainState, progress: EpochProgress, stop: StopRequest) -> None:
+    """The epoch's training is over: validate and record it (the default), or — validating every
+    ``val_every_n_steps`` steps — close it and carry its figures since the last validation into the next."""
+    if setup.config.val_every_n_steps is None:
+        record_validation(setup, state, progress, stop, epoch_over=True)
+        return
+    state.close_epoch(progress)
+    state.carried = progress
+    if setup.processes.is_main:
+        setup.log.log_steps(progress.steps[progress.steps_logged:])
+    progress.steps_logged = len(progress.steps)
+
+
+def record_validation(setup: TrainingSetup, state: TrainState, progress: EpochProgress, stop: StopRequest, *,
+                      epoch_over: bool) -> None:
+    """Validate (phase 5) and record it: one history row, early stopping and time budget
+    (``state.stop_reason``, phase 6), checkpoints (``best`` when the monitored metric improved, ``last``
+    always) and logging (phase 7). ``epoch_over``: the epoch's training is over (else the checkpoints
+    hold how far into it the run got, and the next row's figures start here).
 
     Raises ``KeyboardInterrupt`` when a stop signal came during validation or the checkpoint
-    (``last`` then holds this epoch's end).
+    (``last`` then holds this point).
     """
-    config, epoch = setup.config, progress.epoch
+    config, epoch, parts = setup.config, progress.epoch, setup.parts
+    progress.train_seconds = time.perf_counter() - progress.started
+    _sum_over_ranks(progress, setup.processes)
+    val = validate(parts.model, parts.loss_fn, setup.val_loader, setup.metrics, device=config.device,
+                   precision=config.precision, step=state.global_step, total_steps=setup.total_steps,
+                   processes=setup.processes)  # phase 5
     row = _epoch_row(setup, state, progress, val)
-    state.epoch = epoch
     state.history.append(row)
-    state.steps.extend(progress.steps)
     # phase 6: early stopping bookkeeping
     value = float(row.get(setup.monitor, float("nan")))
     improved = _is_improvement(value, state.best, config.mode, config.min_delta)
     if improved:
-        state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+        state.best, state.best_epoch, state.best_step, state.bad_epochs = value, epoch, state.global_step, 0
     else:
         state.bad_epochs += 1
     state.stop_reason = _stop_reason(setup, state)
+    if epoch_over or state.stop_reason is not None:
+        state.close_epoch(progress)
+    else:
+        progress.start_period()  # mid-epoch: the next row's figures start here (and so in the checkpoint)
     # phase 7: checkpoint (best when improved, last always) and log
-    checkpoint = state.to_checkpoint(setup.parts, meta=setup.meta, total_steps=setup.total_steps,
-                                     monitor=setup.monitor,
-                                     finished=state.stop_reason is not None or epoch == config.epochs)
+    checkpoint = state.to_checkpoint(parts, meta=setup.meta, total_steps=setup.total_steps, monitor=setup.monitor,
+                                     finished=state.stop_reason is not None or state.global_step >= setup.total_steps,
+                                     partial_epoch=None if progress.closed else progress)
     if setup.processes.is_main:
         if improved:
             setup.log.log_checkpoint("best", setup.store.save("best", checkpoint))
         setup.log.log_checkpoint("last", setup.store.save("last", checkpoint))
-        setup.log.log_steps(progress.steps)
+        setup.log.log_steps(progress.steps[progress.steps_logged:])
         setup.log.log_epoch(epoch, state.global_step, row)
+    progress.steps_logged = len(progress.steps)
     setup.processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
-    if stop.requested:  # signalled during validation or the checkpoint: last.pt is this epoch's end
-        message = (f"stopped by signal {stop.requested} after epoch {epoch}: {setup.store.last_path} holds its "
-                   "end; run the stage again to continue")
+    if stop.requested:  # signalled during validation or the checkpoint: last.pt is this point
+        message = (f"stopped by signal {stop.requested} after epoch {epoch}'s validation at step "
+                   f"{state.global_step}: {setup.store.last_path} holds this point; run the stage again to continue")
         logger.warning(message)
         raise KeyboardInterrupt(message)
+    progress.started = time.perf_counter()  # the next row's clock leaves the checkpoint and logging out
+    _log_stop(setup, state)
+
+
+def _log_stop(setup: TrainingSetup, state: TrainState) -> None:
+    config, unit = setup.config, "epochs" if setup.config.val_every_n_steps is None else "validations"
     if state.stop_reason == "early_stopping":
-        logger.info("early stopping at epoch %d: %s did not improve by more than %s for %d epochs (best %.4g at "
-                    "epoch %s)", epoch, setup.monitor, config.min_delta, config.patience, state.best, state.best_epoch)
+        logger.info("early stopping at epoch %d (step %d): %s did not improve by more than %s for %d %s (best %.4g "
+                    "at epoch %s, step %s)", state.epoch, state.global_step, setup.monitor, config.min_delta,
+                    config.patience, unit, state.best, state.best_epoch, state.best_step)
     elif state.stop_reason == "time_budget":
-        logger.info("time budget of %.0f s reached after epoch %d of %d (best %s %.4g at epoch %s)",
-                    config.time_budget_s, epoch, config.epochs, setup.monitor, state.best, state.best_epoch)
+        logger.info("time budget of %.0f s reached after epoch %d of %d (step %d; best %s %.4g at epoch %s)",
+                    config.time_budget_s, state.epoch, setup.epochs, state.global_step, setup.monitor, state.best,
+                    state.best_epoch)
+
+
+def _save_step_checkpoint(setup: TrainingSetup, state: TrainState, progress: EpochProgress) -> None:
+    """``step_<N>.pt`` after optimizer step ``N`` (resumable: copied over ``last.pt``, the stage continues from
+    there); the oldest beyond ``keep_last_n`` removed."""
+    if not setup.processes.is_main:
+        return
+    checkpoint = state.to_checkpoint(setup.parts, meta=setup.meta, total_steps=setup.total_steps,
+                                     monitor=setup.monitor, partial_epoch=None if progress.closed else progress)
+    setup.log.log_checkpoint("step", setup.store.save_step(state.global_step, checkpoint))
+    for path in setup.store.remove_old_steps(setup.config.keep_last_n, newest=state.global_step):
+        logger.info("removed %s (keep_last_n: %s)", path, setup.config.keep_last_n)
 
 
 def _epoch_row(setup: TrainingSetup, state: TrainState, progress: EpochProgress,
                val: dict[str, float]) -> dict[str, Any]:
-    """The epoch's history row: mean training losses and training accuracy, validation figures, LRs, dropout, loss weights, timings,
+    """A history row: mean training losses and training accuracy (over the row's period: the epoch, or the
+    batches since the last validation), validation figures, LRs, dropout, loss weights, timings
+    (``epoch_seconds``: the period's),
     memory (peak RSS where the platform reports it; peak GPU memory on CUDA) and the torch CPU threads it ran
     with."""
     row: dict[str, Any] = {"epoch": progress.epoch, "global_step": state.global_step}
@@ -260,9 +340,9 @@ def _is_improvement(value: float, best: float | None, mode: str, min_delta: floa
 
 
 def _stop_reason(setup: TrainingSetup, state: TrainState) -> str | None:
-    """``early_stopping`` (no improvement for ``patience`` epochs) or ``time_budget`` before the last epoch."""
+    """``early_stopping`` (no improvement for ``patience`` validations) or ``time_budget`` before the last step."""
     config = setup.config
-    if state.epoch >= config.epochs:
+    if state.global_step >= setup.total_steps:
         return None
     if state.bad_epochs >= config.patience:
         return "early_stopping"
@@ -270,77 +350,6 @@ def _stop_reason(setup: TrainingSetup, state: TrainState) -> str | None:
             time.perf_counter() - setup.run_started >= config.time_budget_s):  # all ranks stop together
         return "time_budget"
     return None
-
-
-def build_optimizer(model: nn.Module, loss_fn: nn.Module, *, lr: float, backbone_lr: float,
-                    weight_decay: float, freeze_backbone: bool) -> torch.optim.AdamW:
-    """AdamW with backbone/head groups; no weight decay on norms and biases (1-D tensors)."""
-    backbone_ids = {id(p) for p in model.backbone.parameters()}
-    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "backbone_no_decay": [], "head": [], "head_no_decay": []}
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        part = "backbone" if id(param) in backbone_ids else "head"
-        if part == "backbone" and freeze_backbone:
-            continue
-        groups[part + ("_no_decay" if param.ndim <= 1 else "")].append(param)
-    groups["head_no_decay"].extend(p for p in loss_fn.parameters() if p.requires_grad)
-    param_groups = [
-        {"name": name, "params": params, "lr": backbone_lr if name.startswith("backbone") else lr,
-         "weight_decay": 0.0 if name.endswith("no_decay") else weight_decay}
-        for name, params in groups.items() if params
-    ]
-    return torch.optim.AdamW(param_groups, lr=lr)
-
-
-def _build_trainables(model: nn.Module, loss_fn: nn.Module, config: EngineConfig, steps_per_epoch: int) -> Trainables:
-    """Model and loss on the device, backbone frozen or not, optimizer, LR schedule and grad scaler."""
-    model.to(config.device)
-    loss_fn.to(config.device)
-    model.freeze_backbone(config.freeze_backbone)
-    optimizer = build_optimizer(model, loss_fn, lr=config.lr, backbone_lr=config.backbone_lr,
-                                weight_decay=config.weight_decay, freeze_backbone=config.freeze_backbone)
-    scheduler = create_scheduler(optimizer, **config.lr_schedule(steps_per_epoch))
-    scaler = torch.amp.GradScaler(config.device.split(":")[0], enabled=config.precision == "fp16")
-    return Trainables(model, loss_fn, optimizer, scheduler, scaler)
-
-
-def _remove_stale_temp_files(store: CheckpointStore) -> None:
-    stale = store.remove_stale_temp_files()
-    if stale:
-        logger.warning("removed %d temp file(s) an interrupted checkpoint write left in %s: %s", len(stale),
-                       store.path, ", ".join(stale))
-
-
-def _load_last(store: CheckpointStore, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """``last.pt`` if there is one, refused when written for another architecture or class list."""
-    if not store.has_last():
-        return None
-    checkpoint = store.load("last")
-    model_meta = meta["model_meta"]
-    check_compatible(checkpoint, backbone=model_meta["backbone"], decoder=model_meta["decoder"],
-                     seg_mode=model_meta["seg_mode"], labels=meta["labels"], source=str(store.last_path))
-    return checkpoint
-
-
-def _already_finished(checkpoint: dict[str, Any], meta: dict[str, Any], monitor: str,
-                      store: CheckpointStore) -> TrainResult:
-    logger.warning("stage %s already finished (%d epochs, best %s = %s); nothing to do. Delete %s "
-                   "or set resume: false to train again.", meta.get("stage"), checkpoint["epoch"], monitor,
-                   checkpoint.get("best_metric"), store.path)
-    return TrainResult(list(checkpoint["history"]), checkpoint.get("best_metric"), checkpoint.get("best_epoch"),
-                       checkpoint["epoch"], checkpoint["global_step"], checkpoint["total_steps"],
-                       bool(checkpoint.get("stopped_early")), already_finished=True,
-                       summary=dict(checkpoint.get("summary", {})), steps=list(checkpoint.get("steps", [])))
-
-
-def _resume(checkpoint: dict[str, Any], parts: Trainables, meta: dict[str, Any], store: CheckpointStore,
-            config: EngineConfig) -> TrainState:
-    state = TrainState.from_checkpoint(checkpoint, parts)
-    partial = state.partial
-    logger.info("resuming stage %s from %s (epoch %d of %d%s)", meta.get("stage"), store.last_path, state.epoch,
-                config.epochs, f", then {partial.batches_done} batches of epoch {partial.epoch}" if partial else "")
-    return state
 
 
 def _save_and_stop(setup: TrainingSetup, state: TrainState, progress: EpochProgress, signum: int) -> NoReturn:

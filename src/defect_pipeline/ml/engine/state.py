@@ -5,12 +5,13 @@ step, the best monitored value and its epoch, the epochs without improvement, th
 history and per-step rows — and, after a run stopped mid-epoch, that epoch's
 :class:`EpochProgress`. :meth:`TrainState.to_checkpoint` writes it together with the
 :class:`Trainables`' state dicts and the RNG states as the self-describing dict of
-``best.pt``/``last.pt``; :meth:`TrainState.from_checkpoint` restores both from such a dict. The
+``best.pt``/``last.pt``/``step_<N>.pt``; :meth:`TrainState.from_checkpoint` restores both from such a dict. The
 key names are the checkpoint format: checkpoints written by earlier versions resume unchanged.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,12 @@ def _zero_sums() -> dict[str, float]:
 class EpochProgress:
     """How far one epoch got: its trained batches, running loss sums, optimizer-step rows, loss weights.
 
-    Checkpointed (as ``partial_epoch``) when a stop signal ends a run mid-epoch; the resumed run
-    draws the first ``batches_done`` batches again without training on them, then restores
-    ``rng`` (the RNG states saved with the checkpoint) and continues.
+    Checkpointed (as ``partial_epoch``) when a checkpoint is written mid-epoch (a stop signal, a
+    validation or ``step_<N>.pt`` every N steps); the resumed run draws the first ``batches_done``
+    batches again without training on them, then restores ``rng`` (the RNG states saved with the
+    checkpoint) and continues. The loss sums, sample counts and timings cover the *period* of the
+    next history row: the epoch by default; with ``val_every_n_steps`` the batches since the last
+    validation, which may have started in an earlier epoch (:meth:`continuing`).
     """
 
     epoch: int
@@ -56,8 +60,21 @@ class EpochProgress:
     rng: dict[str, Any] | None = None  # RNG states to restore after the replayed batches
     accumulated_loss: float = 0.0  # since the last optimizer step
     accumulated_batches: int = 0
-    started: float = 0.0  # time.perf_counter() at the epoch's start
+    started: float = 0.0  # time.perf_counter() at the period's start (0: not started in this process)
     train_seconds: float = 0.0
+    steps_logged: int = 0  # leading rows of ``steps`` already handed to the training logger
+    closed: bool = False  # the epoch is over and in the state's history and steps
+
+    def start_period(self) -> None:
+        """A history row was written mid-epoch: the next row's sums, counts and clock start here."""
+        self.sums, self.seen, self.seen_before = _zero_sums(), 0, 0
+        self.started, self.train_seconds = time.perf_counter(), 0.0
+
+    @classmethod
+    def continuing(cls, previous: EpochProgress, epoch: int) -> EpochProgress:
+        """Epoch ``epoch``, whose next history row also covers ``previous``'s batches since its last row."""
+        return cls(epoch=epoch, sums=dict(previous.sums), seen=previous.seen, weights=dict(previous.weights),
+                   seen_before=previous.seen_before, started=previous.started)
 
     def add_batch(self, size: int, total: float, loss: Any, correct: float = 0.0) -> None:
         """Count a trained batch of ``size`` samples: its total loss ``total``, ``loss``'s parts and weights, and
@@ -103,17 +120,29 @@ class TrainState:
     global_step: int = 0  # optimizer steps taken
     best: float | None = None  # best value of the monitored metric
     best_epoch: int | None = None
-    bad_epochs: int = 0  # epochs since the monitored metric last improved
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    best_step: int | None = None  # the optimizer step of the best validation
+    bad_epochs: int = 0  # validations (epochs by default) since the monitored metric last improved
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per validation (by default per epoch)
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step of finished epochs
     partial: EpochProgress | None = None  # the epoch a stop signal interrupted, to be continued
     resumed_from: int | None = None  # the epoch the checkpoint this run resumed from had finished
-    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stops before the last epoch
+    stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stops before the last step
+    carried: EpochProgress | None = None  # an epoch that ended between two validations: its period goes on
 
     def start_epoch(self, epoch: int) -> EpochProgress:
-        """The progress of epoch ``epoch`` from here: the interrupted one continued, or a fresh one."""
+        """The progress of epoch ``epoch`` from here: the interrupted one continued, one that carries on the
+        previous epoch's unfinished period, or a fresh one."""
         partial, self.partial = self.partial, None
-        return partial if partial is not None and partial.epoch == epoch else EpochProgress(epoch)
+        carried, self.carried = self.carried, None
+        if partial is not None and partial.epoch == epoch:
+            return partial
+        return EpochProgress(epoch) if carried is None else EpochProgress.continuing(carried, epoch)
+
+    def close_epoch(self, progress: EpochProgress) -> None:
+        """Epoch ``progress.epoch`` is over: it is the last finished one and its step rows join :attr:`steps`."""
+        self.epoch = progress.epoch
+        self.steps.extend(progress.steps)
+        progress.closed = True
 
     def to_checkpoint(self, parts: Trainables, *, meta: dict[str, Any], total_steps: int, monitor: str,
                       finished: bool = False, partial_epoch: EpochProgress | None = None) -> dict[str, Any]:
@@ -126,7 +155,8 @@ class TrainState:
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
             "scaler": parts.scaler.state_dict(), "rng": capture_rng_state(), "epoch": self.epoch,
             "global_step": self.global_step, "total_steps": total_steps, "monitor": monitor,
-            "best_metric": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "best_metric": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,
+            "bad_epochs": self.bad_epochs,
             "history": self.history, "steps": self.steps, "finished": finished,
             "stopped_early": self.stop_reason is not None,
         }
@@ -151,6 +181,6 @@ class TrainState:
             restore_rng_state(checkpoint["rng"])
         return cls(epoch=checkpoint["epoch"], global_step=checkpoint["global_step"],
                    best=checkpoint.get("best_metric"), best_epoch=checkpoint.get("best_epoch"),
-                   bad_epochs=checkpoint.get("bad_epochs", 0), history=list(checkpoint["history"]),
+                   best_step=checkpoint.get("best_step"), bad_epochs=checkpoint.get("bad_epochs", 0), history=list(checkpoint["history"]),
                    steps=list(checkpoint.get("steps", [])), resumed_from=checkpoint["epoch"],
                    partial=None if partial is None else EpochProgress.from_checkpoint(partial, checkpoint["rng"]))

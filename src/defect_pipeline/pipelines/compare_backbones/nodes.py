@@ -94,7 +94,8 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
         plan = build_training_job(manifest, raw_root=raw_source["raw_root"], defect_classes=scan_summary["classes"],
                                   checkpoints=checkpoint_dir, model=candidate, stage=compare.stage,
                                   augmentation=augmentation, data=data, runtime=runtime, trainer=trainer,
-                                  stage_name=f"compare:{backbone}", training_logger=MlflowTrainingLogger())
+                                  stage_name=f"compare:{backbone}", training_logger=MlflowTrainingLogger(
+                                      rows_by_step=compare.stage.val_every_n_steps is not None))
         rerun = rerun_target(plan, pipeline="compare_backbones", stage_key="compare_backbones.stage",
                              all_pipeline="compare_backbones", all_stage_keys=("compare_backbones.stage",))
         result = run_stage(plan, diagnosis, rerun=rerun)

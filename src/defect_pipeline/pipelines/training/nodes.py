@@ -55,7 +55,8 @@ def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary
     plan = build_training_job(manifest, raw_root=raw_source["raw_root"], defect_classes=scan_summary["classes"],
                               checkpoints=checkpoint_dir, model=model, stage=stage, augmentation=augmentation,
                               data=data, runtime=runtime, trainer=trainer, stage_name=stage_name,
-                              init_store=init_store, training_logger=MlflowTrainingLogger())
+                              init_store=init_store,
+                              training_logger=MlflowTrainingLogger(rows_by_step=stage.val_every_n_steps is not None))
     result = run_stage(plan, diagnosis)
     log_stage_result(result.summary)
     return result.outputs()
