@@ -198,3 +198,22 @@ def test_step_settings_default_to_once_per_epoch_and_are_accepted() -> None:
     assert validate_parameters({"stage2": {"checkpoint_every_n_steps": 250, "keep_last_n": None}})["stage2"] \
         .keep_last_n is None  # keep every step file
 
+
+def _merged_stage(env: str, stage: str) -> dict:
+    """``stage``'s block as ``kedro run --env <env>`` reads it (the environment's keys over base's)."""
+    base = yaml.safe_load((REPO_ROOT / "conf/base/parameters_training.yml").read_text())[stage]
+    path = REPO_ROOT / "conf" / env / "parameters_training.yml"
+    return {**base, **(yaml.safe_load(path.read_text()).get(stage) or {})} if env != "base" else base
+
+
+def test_dynamic_loss_weights_follow_the_recipe_segmentation_first() -> None:
+    """The recipe ramps alpha (classification) 0.5 -> 1.0 and beta (segmentation) 1.0 -> 0.3; before this
+    change the defaults and conf/gpu ran the other way (alpha 1.0 -> 0.5, beta 0.5 -> 1.0)."""
+    from defect_pipeline.config import LossParams
+
+    loss = LossParams(weighting="dynamic")
+    assert (loss.alpha_start, loss.alpha_end, loss.beta_start, loss.beta_end) == (0.5, 1.0, 1.0, 0.3)
+    for env in ("gpu", "base"):  # base: the demo measurement did not say otherwise (docs/training.md)
+        shipped = validate_parameters({"stage2": _merged_stage(env, "stage2")})["stage2"].loss
+        assert (shipped.weighting, shipped.alpha_start, shipped.alpha_end, shipped.beta_start, shipped.beta_end) == \
+            ("dynamic", 0.5, 1.0, 1.0, 0.3), env

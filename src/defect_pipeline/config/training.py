@@ -120,15 +120,20 @@ class AugmentationParams(StrictModel):
 
 
 class LossParams(StrictModel):
-    """How the classification and segmentation losses are combined."""
+    """How the classification and segmentation losses are combined.
+
+    ``dynamic`` ramps the weights linearly over the stage's optimizer steps; the defaults are the
+    recipe's direction: segmentation first (``beta`` 1.0 → 0.3), classification later (``alpha``
+    0.5 → 1.0). Any stage may use any weighting.
+    """
 
     weighting: Literal["fixed", "dynamic", "uncertainty"] = "fixed"
     alpha: float = Field(1.0, ge=0.0, description="classification weight (fixed)")
     beta: float = Field(1.0, ge=0.0, description="segmentation weight (fixed)")
-    alpha_start: float = Field(1.0, ge=0.0)
-    alpha_end: float = Field(0.5, ge=0.0)
-    beta_start: float = Field(0.5, ge=0.0)
-    beta_end: float = Field(1.0, ge=0.0)
+    alpha_start: float = Field(0.5, ge=0.0, description="classification weight at the stage's first step (dynamic)")
+    alpha_end: float = Field(1.0, ge=0.0, description="classification weight at its last step (dynamic)")
+    beta_start: float = Field(1.0, ge=0.0, description="segmentation weight at the stage's first step (dynamic)")
+    beta_end: float = Field(0.3, ge=0.0, description="segmentation weight at its last step (dynamic)")
     ce_weight: float = Field(1.0, ge=0.0, description="segmentation CE/BCE term")
     dice_weight: float = Field(1.0, ge=0.0, description="segmentation Dice term")
     class_weights: Literal["none", "balanced"] | list[float] = "none"
