@@ -6,7 +6,9 @@ Anything here must be a pure function with no project dependency, so that ``conf
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -20,3 +22,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
         else:
             out[name] = value
     return out
+
+
+def names_same_place(given: str | os.PathLike, resolved: str | os.PathLike) -> bool:
+    """Whether a path from the parameters (absolute, or relative to the project) names ``resolved``.
+
+    Kedro's catalog makes its local paths absolute against the project folder, while a parameter
+    keeps what the user typed (``data/06_models``); a relative one matches when it is the tail of
+    the resolved path, whatever the process's working folder.
+    """
+    given_path = Path(os.path.normpath(given))
+    if given_path.is_absolute():
+        return given_path.resolve() == Path(resolved).resolve()
+    return Path(os.path.normpath(resolved)).parts[-len(given_path.parts):] == given_path.parts

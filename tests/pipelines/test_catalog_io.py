@@ -13,7 +13,7 @@ import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.io import DatasetError
 
-from defect_pipeline.config import CompareBackbonesParams, DiagnosisParams, InspectParams
+from defect_pipeline.config import CompareBackbonesParams, DiagnosisParams, InspectParams, ModelParams, StageParams
 from defect_pipeline.datasets import OnnxModelDataset, TrainingHistoryDataset
 from defect_pipeline.ml.export import OnnxExport
 from defect_pipeline.ml.stage import StageResult
@@ -102,7 +102,32 @@ def test_a_path_set_in_the_parameters_but_not_given_to_the_catalog_is_refused(tm
     from defect_pipeline.pipelines.inspect_checkpoints.nodes import inspect_checkpoints
 
     history = TrainingHistory(pd.DataFrame({"epoch": [1], "val_combined_score": [0.5]}), None, "a/history.csv")
+    stages = [StageParams()] * 3
     with pytest.raises(ValueError, match="--params diagnosis.history=<path>"):
-        diagnose_history(history, DiagnosisParams(history="b/history.csv"))
+        diagnose_history(history, DiagnosisParams(history="b/history.csv"), ModelParams(), *stages)
     with pytest.raises(ValueError, match="--params inspect.path=<folder>"):
         inspect_checkpoints(tmp_path, InspectParams(path="elsewhere"), {})
+
+
+def test_a_relative_path_in_the_parameters_names_the_catalogs_absolute_one(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented defaults (``inspect.path: data/06_models``, ``--params diagnosis.history=data/...``) are
+    relative; the catalog resolves its paths against the project. Compared as given, the default
+    ``kedro run --pipeline=inspect_checkpoints`` refused its own folder."""
+    from defect_pipeline.datasets import TrainingHistory
+    from defect_pipeline.pipelines.diagnose.nodes import diagnose_history
+    from defect_pipeline.pipelines.inspect_checkpoints.nodes import inspect_checkpoints
+    from defect_pipeline.util import names_same_place
+
+    monkeypatch.chdir(tmp_path.parent)  # not the project folder: the match must not depend on it
+    folder = tmp_path / "data" / "06_models"
+    folder.mkdir(parents=True)
+    inventory, report, _ = inspect_checkpoints(folder, InspectParams(path="data/06_models"), {})
+    assert report["folder"] == str(folder) and inventory.empty
+    csv = tmp_path / "data/08_reporting/stage2/history.csv"
+    history = TrainingHistory(pd.DataFrame({"epoch": [1, 2], "val_combined_score": [0.5, 0.6]}), None, str(csv))
+    report, _ = diagnose_history(history, DiagnosisParams(history="data/08_reporting/stage2/history.csv"),
+                                 ModelParams(), *[StageParams()] * 3)
+    assert report["history"] == str(csv)
+    assert names_same_place("./data/06_models/", folder) and not names_same_place("models", folder)
+    assert names_same_place(str(folder), folder) and not names_same_place(str(tmp_path), folder)

@@ -9,6 +9,7 @@ from defect_pipeline.config import STAGES, DiagnosisParams, ModelParams, StagePa
 from defect_pipeline.datasets import TrainingHistory
 from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagnosis_markdown
 from defect_pipeline.ml.stage import stage_rerun_target
+from defect_pipeline.util import names_same_place
 
 
 def diagnose_history(history: TrainingHistory, params: DiagnosisParams, model: ModelParams, stage1: StageParams,
@@ -18,7 +19,7 @@ def diagnose_history(history: TrainingHistory, params: DiagnosisParams, model: M
     The commands rerun ``diagnosis.stage`` (or the stage whose folder holds the history,
     ``.../stage2/history.csv``) from its current parameters; with neither, the report has none.
     """
-    if params.history is not None and Path(params.history) != Path(history.path):
+    if params.history is not None and not names_same_place(params.history, history.path):
         raise ValueError(f"diagnosis.history is {params.history} but the catalog's diagnosis_history reads "
                          f"{history.path}: give the file with --params diagnosis.history=<path> (the catalog reads it "
                          "from there), or point diagnosis_history at it in conf/local/catalog.yml")

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from defect_pipeline.config import InspectParams
 from defect_pipeline.ml.inspection import describe, inventory, render_markdown
+from defect_pipeline.util import names_same_place
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def inspect_checkpoints(folder: Path, params: InspectParams, parameters: dict[st
     ``folder`` is the catalog's ``checkpoint_folder``; ``parameters`` (all of them) are what the chosen
     checkpoint's configuration is compared with.
     """
-    if Path(params.path) != folder:
+    if not names_same_place(params.path, folder):  # the catalog made its path absolute
         raise ValueError(f"inspect.path is {params.path} but the catalog's checkpoint_folder is {folder}: give the "
                          "folder with --params inspect.path=<folder> (the catalog reads it from there), or point "
                          "checkpoint_folder at it in conf/local/catalog.yml")
