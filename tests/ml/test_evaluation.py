@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from defect_pipeline.ml.evaluation import evaluate_split, render_evaluation_markdown, tune_thresholds
+from defect_pipeline.ml.evaluation import evaluate_split, tune_thresholds
+from defect_pipeline.ml.evaluation_report import render_evaluation_markdown
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.postprocess import RawOutput, Thresholds
 

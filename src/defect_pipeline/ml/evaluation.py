@@ -4,13 +4,13 @@ Both read the untransformed images and masks of a split (:class:`RawSamples`), r
 :class:`~defect_pipeline.ml.predict.Predictor` in batches, and keep only what does not grow
 with the data: confusion matrices, pixel histograms, one score row per image, and the k worst
 predictions. Every metric is computed at each image's own size, which is what inference writes.
+The evaluation's report (Markdown and figures) is drawn by :mod:`defect_pipeline.ml.evaluation_report`.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,9 +223,10 @@ class _Worst:
 @dataclass
 class EvaluationResult:
     summary: dict[str, Any]
-    confusion: dict[str, np.ndarray]
+    confusion: dict[str, np.ndarray]  # operating point (fixed, thresholded) → image-class counts (true x predicted)
     curves: dict[str, Any]
     worst: list[dict[str, Any]]
+    pixel_confusion: dict[str, np.ndarray] = field(default_factory=dict)  # the same for pixels (seg classes)
 
 
 def _image_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -315,87 +316,12 @@ def evaluate_split(dataset: ManifestDataset, predictor: Predictor, *, tuned: Thr
         "notes": [threshold_free["note"]] if "note" in threshold_free else [],
         "worst": [{k: v for k, v in w.items() if k != "mask"} for w in worst],
     }
-    confusion = {name: m.confusion_matrices()["cls"].numpy() for name, m in metrics.items()}
-    return EvaluationResult(summary, confusion, curves, worst)
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def render_evaluation_markdown(summary: dict[str, Any], *, model: dict[str, Any]) -> str:
-    from defect_pipeline.markdown import markdown_table
-
-    fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
-    keys = [k for k in fixed if not k.startswith(("f1/", "iou/")) and k != "image_auroc_kind"]
-    keys += [k for k in fixed if k.startswith(("f1/", "iou/"))]
-    t = summary["thresholds_tuned"]
-    lines = [f"# Evaluation on the `{summary['split']}` split ({summary['samples']} images)", "",
-             f"Model: `{model.get('backbone')}` from {model.get('stage') or model.get('source_checkpoint')} "
-             f"(weights sha256 `{str(model.get('weights_sha256', ''))[:12]}`, MLflow run "
-             f"`{model.get('mlflow_run_id') or '–'}`).", "",
-             f"Tuned thresholds: image {t['image']:.3f}, pixel {t['pixel']:.3f}, min area {t['min_area']} px"
-             + (f", per class {', '.join(f'{k} {v:.3f}' for k, v in t['per_class'].items())}" if t["per_class"] else "")
-             + f" ({t['source']}). Fixed: 0.5 / 0.5 / 0 px.", ""]
-    lines += [f"> {note}" for note in summary.get("notes", [])]
-    lines += ["", markdown_table(["metric", "fixed (0.5)", "tuned", "tuned − fixed"],
-                                 [[k, _fmt(fixed[k]), _fmt(tuned[k]),
-                                   _fmt(summary["difference_thresholded_minus_fixed"].get(k))] for k in keys]), ""]
-    lines += [f"AUROC/AP: {fixed.get('image_auroc_kind', '')}; they do not depend on thresholds.", "",
-              "## Worst predictions (tuned thresholds)", ""]
-    lines.append(markdown_table(["sample", "label", "predicted", "badness (1 − Dice + wrong label)"],
-                                [[w["sample_id"], w["label"], w["predicted"], w["badness"]]
-                                 for w in summary["worst"]]) if summary["worst"] else "None.")
-    return "\n".join(lines) + "\n"
-
-
-def plot_confusion(confusion: dict[str, np.ndarray], classes: tuple[str, ...]) -> Figure:
-    figure = Figure(figsize=(5.5 * len(confusion), 4.8))
-    for ax, (name, matrix) in zip(figure.subplots(1, len(confusion)), confusion.items(), strict=True):
-        ax.imshow(matrix, cmap="Blues")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="true", title=f"image classes ({name})")
-        for (row, col), value in np.ndenumerate(matrix):
-            ax.text(col, row, int(value), ha="center", va="center",
-                    color="white" if value > matrix.max() / 2 else "black")
-    figure.tight_layout()
-    return figure
-
-
-def plot_curves(curves: dict[str, Any]) -> Figure:
-    figure = Figure(figsize=(11, 4.5))
-    pr_ax, roc_ax = figure.subplots(1, 2)
-    for name, curve in curves.items():
-        pr_ax.plot(curve["recall"], curve["precision"], label=name)
-        roc_ax.plot(curve["fpr"], curve["tpr"], label=name)
-    pr_ax.set(title="precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
-    roc_ax.set(title="ROC", xlabel="false-alarm rate", ylabel="recall", xlim=(0, 1.02), ylim=(0, 1.02))
-    if curves:
-        pr_ax.legend()
-        roc_ax.legend()
-    else:
-        pr_ax.text(0.5, 0.5, "undefined: one class only", ha="center")
-    figure.tight_layout()
-    return figure
-
-
-def plot_gallery(dataset: ManifestDataset, worst: list[dict[str, Any]]) -> Figure:
-    """Rows of image | ground truth | prediction, masks overlaid."""
-    from defect_pipeline.ml.preview import overlay_mask
-
-    rows = max(len(worst), 1)
-    figure = Figure(figsize=(9, 3 * rows))
-    axes = figure.subplots(rows, 3, squeeze=False)
-    for row, item in zip(axes, worst):
-        image, truth = dataset.read_sample(item["index"])
-        for ax, (title, mask) in zip(row, (("image", None), (f"truth: {item['label']}", truth),
-                                           (f"predicted: {item['predicted']}", item["mask"]))):
-            ax.imshow(image if mask is None else overlay_mask(image, mask))
-            ax.set_title(f"{item['sample_id']}" if mask is None else title, fontsize=8)
-            ax.set_axis_off()
-    if not worst:
-        axes[0][0].text(0.5, 0.5, "no images", ha="center")
-    figure.tight_layout()
-    return figure
+    matrices = {name: m.confusion_matrices() for name, m in metrics.items()}
+    confusion = {name: cm["cls"].numpy() for name, cm in matrices.items()}
+    pixel_confusion = {name: cm["seg"].numpy() for name, cm in matrices.items()}
+    summary["confusion_matrices"] = {
+        "rows": "true class", "columns": "predicted class",
+        "image": {"classes": list(labels.image_classes), **{k: v.tolist() for k, v in confusion.items()}},
+        "pixel": {"classes": list(metrics["fixed"].seg_classes), **{k: v.tolist() for k, v in pixel_confusion.items()}},
+    }
+    return EvaluationResult(summary, confusion, curves, worst, pixel_confusion)

@@ -9,11 +9,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from defect_pipeline.config import DataParams, EvaluationParams, RuntimeParams
-from defect_pipeline.ml.evaluation import (
-    evaluate_split,
+from defect_pipeline.ml.evaluation import evaluate_split
+from defect_pipeline.ml.evaluation_report import (
     plot_confusion,
     plot_curves,
     plot_gallery,
+    plot_per_class_metrics,
+    plot_pixel_confusion,
     render_evaluation_markdown,
 )
 from defect_pipeline.ml.model_use import apply_runtime, model_description, split_dataset
@@ -34,9 +36,9 @@ def metric_items(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def evaluate(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-             params: EvaluationParams, data: DataParams, runtime: RuntimeParams
-             ) -> tuple[dict[str, Any], str, dict[str, Any], Figure, Figure, Figure]:
-    """``summary.json``, the Markdown report, MLflow metrics, confusion matrix, PR/ROC curves, worst-k gallery."""
+             params: EvaluationParams, data: DataParams, runtime: RuntimeParams) -> dict[str, Any]:
+    """``summary.json``, the Markdown report, MLflow metrics and the figures, by output name (the pipeline's
+    :data:`~defect_pipeline.pipelines.evaluate.pipeline.OUTPUTS`)."""
     apply_runtime(runtime.cpu_threads)
     package = model.load()
     dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
@@ -49,6 +51,13 @@ def evaluate(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, An
     fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
     logger.info("test (%d images): combined score %.4f fixed → %.4f tuned; mIoU %.4f → %.4f", summary["samples"],
                 fixed["combined_score"], tuned["combined_score"], fixed["miou"], tuned["miou"])
-    return (summary, render_evaluation_markdown(summary, model=description), metric_items(summary),
-            plot_confusion(result.confusion, package.labels.image_classes), plot_curves(result.curves),
-            plot_gallery(dataset, result.worst))
+    matrices = summary["confusion_matrices"]
+    figures: dict[str, Figure] = {
+        "confusion": plot_confusion(result.confusion, matrices["image"]["classes"]),
+        "pixel_confusion": plot_pixel_confusion(result.pixel_confusion, matrices["pixel"]["classes"]),
+        "per_class": plot_per_class_metrics(summary),
+        "curves": plot_curves(result.curves),
+        "gallery": plot_gallery(dataset, result.worst),
+    }
+    return {"summary": summary, "report": render_evaluation_markdown(summary, model=description),
+            "metrics": metric_items(summary), **figures}
