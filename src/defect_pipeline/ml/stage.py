@@ -55,6 +55,7 @@ from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, Segment
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, load_backbone_state
 from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.val_preview import PreviewingLogger, ValidationPreview
 from defect_pipeline.util import flatten
 
 logger = logging.getLogger(__name__)
@@ -307,6 +308,11 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
                 "processes x %d accumulation = %d samples per optimizer step", stage_name, len(train_set),
                 len(val_set), settings.accelerator, settings.world_size, engine_cfg.precision, stage.batch_size,
                 settings.world_size, stage.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
+    if training_logger is not None and stage.preview_every_n_epochs > 0:  # drawn on the main process only
+        training_logger = PreviewingLogger(training_logger, ValidationPreview(net, val_set, labels,
+                                                                              seg_mode=model.seg_mode),
+                                           every_n_epochs=stage.preview_every_n_epochs, last_epoch=stage.epochs,
+                                           stage=stage_name)
     job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model.seg_mode), engine_cfg,
                       checkpoints, meta, batch_size=stage.batch_size, num_workers=stage.num_workers,
                       training_logger=training_logger, cpu_threads=runtime.cpu_threads)
@@ -371,6 +377,7 @@ def run_stage(plan: StagePlan, diagnosis: DiagnosisParams, *, rerun: RerunTarget
     stage_name, store, tracker = plan.stage_name, plan.job.store, plan.job.training_logger
     result = launch(plan.settings, run_training_job, plan.job)
     if result.already_finished and tracker is not None:  # nothing trained: the logger still gets the curves
+        tracker = tracker.inner if isinstance(tracker, PreviewingLogger) else tracker  # no preview of old epochs
         tracker.log_steps(result.steps)
         for row in result.history:
             tracker.log_epoch(int(row["epoch"]), int(row["global_step"]), row)

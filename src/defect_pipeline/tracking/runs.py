@@ -15,12 +15,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import mlflow
 
 from defect_pipeline.util import flatten
+
+if TYPE_CHECKING:
+    from defect_pipeline.ml.val_preview import FigureFolder
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +133,21 @@ class MlflowTrainingLogger:
 
     ``rows_by_step``: the history rows are validations every ``val_every_n_steps`` optimizer steps
     (several per epoch), so their metrics are logged at step = optimizer step instead of the epoch.
+    Figures (the validation previews) are written into ``figures`` (a
+    :class:`~defect_pipeline.ml.val_preview.FigureFolder` from the catalog) and logged as artifacts
+    under ``artifact_path``; without a folder they go to MLflow only.
+
     The run is addressed by id and tracking URI, not through MLflow's per-process active run, so
-    the logger keeps working in a training worker process (it is picklable: two strings).
+    the logger keeps working in a training worker process (it is picklable: strings and the folder).
     """
 
-    def __init__(self, *, rows_by_step: bool = False) -> None:
+    def __init__(self, *, rows_by_step: bool = False, figures: FigureFolder | None = None,
+                 artifact_path: str | None = None) -> None:
         self.rows_by_step = rows_by_step
         active = mlflow.active_run()
         self.run_id: str | None = active.info.run_id if active is not None else None
         self.tracking_uri = mlflow.get_tracking_uri()
+        self.figures, self.artifact_path = figures, artifact_path
         self._cached_client: mlflow.MlflowClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # the client stays behind: a worker process makes its own
@@ -176,6 +185,18 @@ class MlflowTrainingLogger:
         logger.debug("checkpoint %s -> %s", kind, path)
         if self.run_id is not None:
             self._client().set_tag(self.run_id, f"{TAG_PREFIX}checkpoint.{kind}", str(path))
+
+    def log_figure(self, name: str, figure: Any) -> None:
+        """``name`` into the figure folder (if any) and into the run's artifacts under ``artifact_path``."""
+        path = self.figures.save(name, figure) if self.figures is not None else None
+        if path is not None:
+            logger.info("%s written", path)
+        if self.run_id is None:
+            return
+        if path is not None:
+            self._client().log_artifact(self.run_id, str(path), artifact_path=self.artifact_path)
+        else:
+            self._client().log_figure(self.run_id, figure, "/".join(p for p in (self.artifact_path, name) if p))
 
 
 def log_stage_result(summary: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 :class:`EngineConfig` is everything the loop needs, resolved (no ``auto`` left);
 :class:`TrainResult` is what a stage produced; a :class:`TrainingLogger` receives per-step rows,
-per-epoch rows and checkpoint events (the caller injects one: MLflow in the pipeline,
+per-epoch rows, checkpoint events and figures (the caller injects one: MLflow in the pipeline,
 :class:`NullLogger` in tests); :class:`NonFiniteLossError` stops training on a NaN/inf loss.
 """
 
@@ -36,6 +36,10 @@ class TrainingLogger(Protocol):
     def log_checkpoint(self, kind: str, path: Path) -> None:
         """Checkpoint ``kind`` (``best``, ``last`` or ``step``) was written to ``path``."""
 
+    def log_figure(self, name: str, figure: Any) -> None:
+        """A matplotlib figure to keep as ``name`` (e.g. ``val_preview_epoch5.png``); the engine itself
+        draws none (:mod:`defect_pipeline.ml.val_preview` does)."""
+
 
 class NullLogger:
     """A :class:`TrainingLogger` that only writes to the Python log."""
@@ -49,6 +53,9 @@ class NullLogger:
 
     def log_checkpoint(self, kind: str, path: Path) -> None:
         logger.info("checkpoint %s -> %s", kind, path)
+
+    def log_figure(self, name: str, figure: Any) -> None:
+        """Figures are not kept."""
 
 
 @dataclass(frozen=True)

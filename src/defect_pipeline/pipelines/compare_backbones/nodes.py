@@ -95,7 +95,8 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
                                   checkpoints=checkpoint_dir, model=candidate, stage=compare.stage,
                                   augmentation=augmentation, data=data, runtime=runtime, trainer=trainer,
                                   stage_name=f"compare:{backbone}", training_logger=MlflowTrainingLogger(
-                                      rows_by_step=compare.stage.val_every_n_steps is not None))
+                                      rows_by_step=compare.stage.val_every_n_steps is not None,
+                                      artifact_path="comparison"))
         rerun = rerun_target(plan, pipeline="compare_backbones", stage_key="compare_backbones.stage",
                              all_pipeline="compare_backbones", all_stage_keys=("compare_backbones.stage",))
         result = run_stage(plan, diagnosis, rerun=rerun)

@@ -28,6 +28,7 @@ from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
 from defect_pipeline.ml.preview import render_preview
 from defect_pipeline.ml.stage import build_training_job, join_stage, preview_transform, run_stage
+from defect_pipeline.ml.val_preview import FigureFolder
 from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
 
@@ -44,19 +45,22 @@ def preview_augmentation(manifest: pd.DataFrame, raw_source: dict[str, Any], sca
 
 
 def train_stage(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-                checkpoint_dir: CheckpointStore, model: ModelParams, augmentation: AugmentationParams,
-                data: DataParams, runtime: RuntimeParams, diagnosis: DiagnosisParams, trainer: TrainerParams,
-                stage: StageParams, init_store: CheckpointStore | None = None, *, stage_name: str) -> dict[str, Any]:
+                checkpoint_dir: CheckpointStore, preview_dir: FigureFolder, model: ModelParams,
+                augmentation: AugmentationParams, data: DataParams, runtime: RuntimeParams,
+                diagnosis: DiagnosisParams, trainer: TrainerParams, stage: StageParams,
+                init_store: CheckpointStore | None = None, *, stage_name: str) -> dict[str, Any]:
     """Train one stage; its results keyed by :class:`~defect_pipeline.ml.stage.StageResult` field.
 
     Epoch and step metrics go to the active MLflow run (the stage's child run) as they come, the
-    best and final figures when the stage ends.
+    validation previews into ``preview_dir`` and the run's artifacts, the best and final figures
+    when the stage ends.
     """
+    tracker = MlflowTrainingLogger(rows_by_step=stage.val_every_n_steps is not None, figures=preview_dir,
+                                   artifact_path=stage_name)
     plan = build_training_job(manifest, raw_root=raw_source["raw_root"], defect_classes=scan_summary["classes"],
                               checkpoints=checkpoint_dir, model=model, stage=stage, augmentation=augmentation,
                               data=data, runtime=runtime, trainer=trainer, stage_name=stage_name,
-                              init_store=init_store,
-                              training_logger=MlflowTrainingLogger(rows_by_step=stage.val_every_n_steps is not None))
+                              init_store=init_store, training_logger=tracker)
     result = run_stage(plan, diagnosis)
     log_stage_result(result.summary)
     return result.outputs()

@@ -24,9 +24,11 @@ def create_stage_pipeline(stage: str, previous: str | None) -> Pipeline:
     model package, logged there as the run's pyfunc model.
     Datasets are namespaced (``stage2.history``, ``stage2.checkpoints`` ...); the data outputs
     and the shared ``model``/``augmentation``/``data`` blocks are not. A stage after the first
-    also reads the previous stage's checkpoint store, which orders the stages in the DAG.
+    also reads the previous stage's checkpoint store, which orders the stages in the DAG. ``preview_dir`` is
+    the folder the validation previews are written into while the stage trains.
     """
-    inputs = ["manifest", "raw_source", "scan_summary", "checkpoint_dir", *SHARED_PARAMETERS, "params:stage"]
+    inputs = ["manifest", "raw_source", "scan_summary", "checkpoint_dir", "preview_dir", *SHARED_PARAMETERS,
+              "params:stage"]
     if previous is not None:
         inputs.append("init_checkpoints")
     train = update_wrapper(partial(nodes.train_stage, stage_name=stage), nodes.train_stage)
