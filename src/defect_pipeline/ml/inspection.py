@@ -1,9 +1,11 @@
 """What is in a checkpoint folder, and in one checkpoint, without training code or guesswork.
 
 :func:`inventory` lists every checkpoint file under a folder (``*.pt``, ``*.pth``,
-``*.safetensors``): size, stage, epoch, global step of total steps and % complete, monitored metric
-and its best value, and which files are a stage's ``best`` / ``last`` / ``step`` (the numbered
-``step_<N>.pt`` of ``checkpoint_every_n_steps``, listed after them in step order). A file that cannot be read
+``*.safetensors``): size, stage, epoch, global step of total steps and % complete, for the
+``last`` checkpoint of an unfinished stage the time it still needs (:func:`remaining_time`, from the epoch
+times in the checkpoint's history), peak GPU memory per device where recorded (:func:`peak_gpu_memory`),
+monitored metric and its best value, and which files are a stage's ``best`` / ``last`` / ``step`` (the
+numbered ``step_<N>.pt`` of ``checkpoint_every_n_steps``, listed after them in step order). A file that cannot be read
 (corrupt, foreign, or a pickle that would run code — everything is read with
 ``weights_only=True``) is listed with its error instead of stopping the listing.
 
@@ -54,6 +56,89 @@ def _listing_order(path: Path) -> tuple:
     return (path.parent.as_posix(), (1, int(step.group(1)), "") if step else (0, 0, path.name))
 
 
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min 05 s``, ``3 h 04 min``, ``2 d 03 h``."""
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours:02d} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def remaining_time(history: list[dict[str, Any]] | None, *, global_step: int | None, total_steps: int | None,
+                   finished: bool | None) -> dict[str, Any] | None:
+    """How long an unfinished stage still needs (None when it finished or its length is not recorded).
+
+    From the checkpoint's history: the steps of an epoch (the last epoch's ``global_step`` minus the
+    one before) and the mean ``epoch_seconds`` (training and validation). ``remaining_epochs`` =
+    (``total_steps`` − ``global_step``) / steps per epoch, so a checkpoint written mid-epoch counts the
+    part of the epoch it still lacks; ``eta_s`` = ``remaining_epochs`` × mean ``epoch_seconds``. Early
+    stopping or a time budget may end the stage sooner. Without a finished epoch the ETA is unknown.
+    """
+    if finished or global_step is None or not total_steps:
+        return None
+    remaining_steps = max(int(total_steps) - int(global_step), 0)
+    rows = [r for r in history or [] if _number(r.get("epoch_seconds")) is not None
+            and _number(r.get("global_step")) is not None]
+    if not rows:
+        return {"remaining_steps": remaining_steps, "remaining_epochs": None, "mean_epoch_seconds": None,
+                "eta_s": None, "eta": "unknown (no epoch finished yet)"}
+    ends = [int(_number(r["global_step"])) for r in rows]
+    steps_per_epoch = ends[-1] - ends[-2] if len(ends) > 1 else ends[-1]
+    if steps_per_epoch <= 0:
+        steps_per_epoch = max(ends[-1], 1) / len(ends)
+    mean_seconds = sum(_number(r["epoch_seconds"]) for r in rows) / len(rows)
+    remaining_epochs = remaining_steps / steps_per_epoch
+    eta = remaining_epochs * mean_seconds
+    return {"remaining_steps": remaining_steps, "remaining_epochs": round(remaining_epochs, 2),
+            "mean_epoch_seconds": round(mean_seconds, 2), "eta_s": round(eta, 1), "eta": format_duration(eta)}
+
+
+def peak_gpu_memory(history: list[dict[str, Any]] | None, trainer: dict[str, Any] | None = None) -> dict[str, float]:
+    """The largest peak GPU memory (MiB) over the history's epochs, per device, where it was recorded (CUDA).
+
+    ``peak_gpu_mem_mb`` is the training process's device (rank 0's with several processes: the others
+    are not recorded); a column ``peak_gpu_mem_mb/<device>`` counts as that device. Empty on CPU.
+    """
+    peaks: dict[str, float] = {}
+    world = int((trainer or {}).get("world_size") or 1)
+    main = "cuda:0" if world == 1 else f"cuda:0 (rank 0 of {world})"
+    for row in history or []:
+        for key, value in row.items():
+            if key != "peak_gpu_mem_mb" and not key.startswith("peak_gpu_mem_mb/"):
+                continue
+            number = _number(value)
+            if number is not None:
+                device = main if key == "peak_gpu_mem_mb" else key.split("/", 1)[1]
+                peaks[device] = round(max(peaks.get(device, 0.0), number), 1)
+    return peaks
+
+
+def _remaining(state: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The time a stage still needs, told by its ``last`` checkpoint (where it resumes); a ``best`` or a
+    package is a snapshot of an earlier epoch, not where the stage stands."""
+    if kind != "last":
+        return None
+    return remaining_time(state.get("history"), global_step=state.get("global_step"),
+                          total_steps=state.get("total_steps"), finished=state.get("finished"))
+
+
+def _describe_gpu(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{device}: {mb:.0f} MiB" for device, mb in peaks.items())
+
+
 def inventory(folder: str | Path) -> list[dict[str, Any]]:
     """One row per checkpoint file under ``folder`` (see the module docstring)."""
     folder = Path(folder)
@@ -70,11 +155,15 @@ def inventory(folder: str | Path) -> list[dict[str, Any]]:
             rows.append(row)
             continue
         total, step = state.get("total_steps"), state.get("global_step")
+        remaining = _remaining(state, kind)
         row.update({
             "kind": kind, "stage": state.get("stage"), "backbone": state["model_meta"].get("backbone"),
             "epoch": state.get("epoch"), "global_step": step, "total_steps": total,
             "percent_complete": round(100.0 * step / total, 1) if step is not None and total else None,
-            "finished": state.get("finished"), "monitor": state.get("monitor"), "best_metric": state.get("best_metric"),
+            "finished": state.get("finished"), "eta": remaining["eta"] if remaining else "",
+            "eta_s": remaining["eta_s"] if remaining else None,
+            "peak_gpu_mem": _describe_gpu(peak_gpu_memory(state.get("history"), state.get("trainer"))),
+            "monitor": state.get("monitor"), "best_metric": state.get("best_metric"),
             "best_epoch": state.get("best_epoch"), "manifest_hash": state.get("manifest_hash"), "error": "",
         })
         rows.append(row)
@@ -133,6 +222,8 @@ def describe(path: str | Path, current: dict[str, Any] | None = None) -> dict[st
         "loss": {"config": stage_cfg.get("loss"), "state": loss_state, "task_uncertainties": uncertainties},
         "optimizer": {"type": "AdamW" if groups else None, "param_groups": groups},
         "dropout": dropout, "history_epochs": len(state.get("history") or []),
+        "remaining": _remaining(state, kind),
+        "peak_gpu_mem_mb": peak_gpu_memory(state.get("history"), state.get("trainer")),
         "config_differences": config_differences(state, current) if current else [],
     }
     return report
@@ -166,7 +257,7 @@ def render_markdown(rows: list[dict[str, Any]], details: dict[str, Any] | None, 
 
     lines = [f"# Checkpoints in `{folder}`", ""]
     columns = ["file", "kind", "size_mb", "stage", "backbone", "epoch", "global_step", "total_steps",
-               "percent_complete", "monitor", "best_metric", "error"]
+               "percent_complete", "eta", "peak_gpu_mem", "monitor", "best_metric", "error"]
     lines.append(markdown_table(columns, [[fmt(row.get(c)) for c in columns] for row in rows]) if rows
                  else "No checkpoint files.")
     if details:
@@ -178,7 +269,15 @@ def render_markdown(rows: list[dict[str, Any]], details: dict[str, Any] | None, 
                   f"- architecture: {arch.get('backbone')} + {arch.get('decoder')} (width {arch.get('decoder_channels')}), "
                   f"{arch.get('seg_mode')} segmentation at {arch.get('image_size')} px",
                   f"- classes: {details['classes']}; data-manifest hash `{details['manifest_hash']}`",
-                  f"- initialised from: {details['init_from']}", "", "Parameters:", ""]
+                  f"- initialised from: {details['init_from']}"]
+        remaining = details.get("remaining")
+        if remaining:
+            lines.append(f"- unfinished: {remaining['remaining_steps']} steps left"
+                         + (f" (≈ {remaining['remaining_epochs']} epochs at {remaining['mean_epoch_seconds']} s each)"
+                            if remaining["remaining_epochs"] is not None else "") + f", ETA {remaining['eta']}")
+        if details.get("peak_gpu_mem_mb"):
+            lines.append(f"- peak GPU memory: {_describe_gpu(details['peak_gpu_mem_mb'])}")
+        lines += ["", "Parameters:", ""]
         lines.append(markdown_table(["component", "total", "trainable", "frozen"],
                                     [[name, f"{c['total']:,}", f"{c['trainable']:,}", f"{c['frozen']:,}"]
                                      for name, c in details["parameters"].items()]))
