@@ -77,6 +77,12 @@ class InferenceParams(StrictModel):
 
     input_dir: str | None = Field(None, description="folder of images (searched recursively); "
                                                     "null in `kedro run`: the manifest's test split")
+    limit: int | None = Field(None, ge=1, description="predict only the first N images of the listing (sorted by "
+                                                      "path; the test split in manifest order); null = all")
+    output_dir: str | None = Field(
+        None, description="folder for predictions.csv, masks/, overlays/ and inference_summary.json; null: "
+                          "data/07_model_output. Give it with --params inference.output_dir=<folder>: the catalog "
+                          "reads it from there (a value set only in a parameters file is refused)")
     checkpoint: str | list[str] | None = Field(
         None, description="a model package folder, a best.pt/last.pt, a tuned ensemble.json, or a list of models "
                           "averaged as an untuned ensemble; null: the tuned model (data/06_models/tuned)")

@@ -1,7 +1,7 @@
 """Batch inference over a list of image files: one row per file, whatever happens to it.
 
 :func:`list_images` finds the images of a folder (recursively, by extension) and decides what
-to do with symlinks; :func:`predict_files` streams them (:func:`stream_predictions`, which the
+to do with symlinks; :func:`first_images` keeps the first N of a listing (``inference.limit``); :func:`predict_files` streams them (:func:`stream_predictions`, which the
 MLflow pyfunc model uses too) through a
 :class:`~defect_pipeline.ml.predict.Predictor` in batches. Every listed file ends up as a row
 with ``status`` ``ok`` (prediction columns filled), ``error`` (unreadable: the reason is in
@@ -70,6 +70,15 @@ def list_images(input_dir: str | os.PathLike, *, extensions: list[str], follow_s
                                                        "(set inference.follow_symlinks: true to read it)")
             rows.append(row)
     return pd.DataFrame(rows, columns=["path", "relative_path", "status", "error"]), ignored
+
+
+def first_images(files: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """The first ``limit`` rows of a listing (all of them for None), whatever their status."""
+    if limit is None:
+        return files
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"inference.limit must be a whole number >= 1 (or null for every image), got {limit!r}")
+    return files.head(limit).reset_index(drop=True)
 
 
 def _png(mask: np.ndarray) -> bytes:
@@ -171,12 +180,16 @@ def lazy_overlay(image_path: str, png: bytes) -> Callable[[], Image.Image]:
 
 
 def summary(result: InferenceResult, *, thresholds: dict[str, Any], thresholds_source: str, model: dict[str, Any],
-            backend: str, input_description: str, ignored: list[str]) -> dict[str, Any]:
-    """What ``inference_summary.json`` holds: counts per status and label, speed, thresholds, model."""
+            backend: str, input_description: str, ignored: list[str], listed: int | None = None,
+            limit: int | None = None, output_dir: str | None = None) -> dict[str, Any]:
+    """What ``inference_summary.json`` holds: counts per status and label, speed, thresholds, model; how many
+    images were listed and the ``limit`` that kept the first ones; where the outputs went."""
     frame = result.predictions
     status = frame["status"].value_counts().to_dict()
     return {
-        "input": input_description, "files": int(len(frame)), "status": {k: int(v) for k, v in status.items()},
+        "input": input_description, "files": int(len(frame)),
+        "listed_files": int(len(frame) if listed is None else listed), "limit": limit, "output_dir": output_dir,
+        "status": {k: int(v) for k, v in status.items()},
         "ignored_files": ignored[:100], "ignored_count": len(ignored),
         "labels": {k: int(v) for k, v in frame.loc[frame["status"] == "ok", "label"].value_counts().items()},
         "seconds": round(result.seconds, 3), "images_per_s": round(result.images_per_s, 2), "backend": backend,

@@ -94,15 +94,29 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
     return predictor, thresholds, source, description
 
 
-def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, runtime: RuntimeParams
-            ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json``."""
+def _check_output_dir(params: InferenceParams, output_dir: str) -> None:
+    """``inference.output_dir`` must be where the catalog writes (it reads the value given with ``--params``)."""
+    if params.output_dir is not None and Path(params.output_dir) != Path(output_dir):
+        raise ValueError(f"inference.output_dir is {params.output_dir} but the catalog writes the predictions to "
+                         f"{output_dir}: give the folder with --params inference.output_dir=<folder> (the catalog "
+                         "reads it from there), or point the inference entries at it in conf/local/catalog.yml")
+
+
+def predict(inputs: dict[str, Any], model: ModelStore, output_dir: str, params: InferenceParams,
+            runtime: RuntimeParams) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json`` (into ``output_dir``, the
+    catalog's ``inference_output_dir``), for the first ``inference.limit`` images of ``inputs``."""
+    _check_output_dir(params, output_dir)
     apply_runtime(runtime.cpu_threads)
     predictor, thresholds, source, description = _predictor(model, params, runtime)
     if source.startswith("default"):
         logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
                        "inference.thresholds", source)
-    result = inference.predict_files(inputs["files"], predictor, batch_size=params.batch_size)
+    files = inference.first_images(inputs["files"], params.limit)
+    if len(files) < len(inputs["files"]):
+        logger.info("inference.limit %d: predicting the first %d of %d listed images", params.limit, len(files),
+                    len(inputs["files"]))
+    result = inference.predict_files(files, predictor, batch_size=params.batch_size)
     frame = result.predictions
     frame["thresholds"] = source
     by_name = dict(zip(frame["mask_file"].fillna(""), frame["path"], strict=True)) if "mask_file" in frame else {}
@@ -111,7 +125,8 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, 
                 if params.write_overlays else {})
     summary = inference.summary(result, thresholds=thresholds.to_dict(), thresholds_source=source,
                                 model=description, backend=params.backend,
-                                input_description=inputs["input"], ignored=inputs["ignored"])
+                                input_description=inputs["input"], ignored=inputs["ignored"],
+                                listed=len(inputs["files"]), limit=params.limit, output_dir=output_dir)
     logger.info("inference: %s in %.1f s (%.1f images/s, %s)", summary["status"], result.seconds,
                 result.images_per_s, params.backend)
     return frame, masks, overlays, summary
