@@ -71,6 +71,8 @@ def test_a_preview_shows_image_truth_and_prediction_per_row_and_leaves_the_model
     assert titles[0] == "sample 0" and titles[1] == "truth: good" and titles[4] == "truth: scratch"
     assert titles[7] == "truth: spot" and all(t.startswith("predicted: ") for t in titles[2::3])
     assert figure.get_suptitle() == "stage2: validation predictions after epoch 5"
+    (legend,) = figure.legends  # the colours of the classes drawn (both defect squares are in the truth)
+    assert {t.get_text() for t in legend.get_texts()} >= {"scratch", "spot"}
     assert net.training  # back in train mode
     state = torch.get_rng_state()
     _preview(net).render("again")

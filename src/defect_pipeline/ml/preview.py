@@ -18,10 +18,10 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-__all__ = ["overlay_mask", "render_preview"]
+__all__ = ["class_colour", "overlay_mask", "render_preview"]
 
 
-def _class_colour(index: int) -> tuple[float, float, float]:
+def class_colour(index: int) -> tuple[float, float, float]:
     """Colour of segmentation class ``index`` (>= 1): tab10, then tab20, then a hue wheel."""
     from matplotlib import colormaps
 
@@ -68,7 +68,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np
         out = np.repeat(out[..., None], 3, axis=2)
     mask = np.asarray(mask)
     for c in (int(c) for c in np.unique(mask) if c > 0):
-        colour = np.asarray(_class_colour(c)) * 255.0
+        colour = np.asarray(class_colour(c)) * 255.0
         out[mask == c] = (1.0 - alpha) * out[mask == c] + alpha * colour
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -79,12 +79,12 @@ def _draw(ax: Any, image: np.ndarray, mask: np.ndarray, alpha: float) -> None:
     if classes:
         overlay = np.zeros(mask.shape + (4,), dtype=np.float64)
         for c in classes:
-            overlay[mask == c] = (*_class_colour(c), alpha)
+            overlay[mask == c] = (*class_colour(c), alpha)
         ax.imshow(overlay, interpolation="nearest")
         for c in classes:
             region = (mask == c).astype(np.float64)
             if 0 < region.sum() < region.size:
-                ax.contour(region, levels=[0.5], colors=[_class_colour(c)], linewidths=0.8)
+                ax.contour(region, levels=[0.5], colors=[class_colour(c)], linewidths=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -158,7 +158,7 @@ def render_preview(
         axes[0][view].set_title(f"augmented {view}", fontsize=9)
     if class_names is not None and present:
         handles = [
-            Patch(facecolor=_class_colour(c), alpha=max(alpha, 0.6),
+            Patch(facecolor=class_colour(c), alpha=max(alpha, 0.6),
                   label=class_names[c] if c < len(class_names) else f"class {c}")
             for c in sorted(present)
         ]

@@ -143,7 +143,22 @@ class ValidationPreview:
                 ax.set_axis_off()
         if not samples:
             axes[0][0].text(0.5, 0.5, "no validation images", ha="center")
+        else:
+            self._legend(figure, [sample["mask"].numpy() for sample in samples] + list(masks))
         return figure
+
+    def _legend(self, figure: Figure, masks: list[np.ndarray]) -> None:
+        """Which colour is which segmentation class (those drawn)."""
+        from matplotlib.patches import Patch
+
+        from defect_pipeline.ml.preview import class_colour
+
+        names = self.labels.seg_classes if self.seg_mode == "multiclass" else ("background", "defect")
+        drawn = sorted({int(c) for mask in masks for c in np.unique(mask) if c > 0})
+        if drawn:
+            figure.legend(handles=[Patch(facecolor=class_colour(c), label=names[c] if c < len(names) else str(c))
+                                   for c in drawn], loc="outside lower center", ncol=min(len(drawn), 6),
+                          fontsize=8, frameon=False)
 
 
 class PreviewingLogger:
