@@ -18,11 +18,18 @@ HISTORY = [{"epoch": 1, "global_step": 10, "epoch_seconds": 30.0, "peak_gpu_mem_
 
 
 def test_the_eta_is_the_remaining_epochs_times_the_mean_epoch_time() -> None:
-    eta = remaining_time(HISTORY, global_step=20, total_steps=50, finished=False)
-    assert eta == {"remaining_steps": 30, "remaining_epochs": 3.0, "mean_epoch_seconds": 40.0, "eta_s": 120.0,
-                   "eta": "2 min 00 s"}
+    eta = remaining_time(HISTORY, global_step=20, total_steps=50, finished=False)  # 3 epochs x 40 s
+    assert eta == {"remaining_steps": 30, "seconds_per_step": 4.0, "eta_s": 120.0, "eta": "2 min 00 s"}
     # written mid-epoch (a stop signal): half an epoch is still missing
     assert remaining_time(HISTORY, global_step=25, total_steps=50, finished=False)["eta_s"] == 100.0
+
+
+def test_rows_of_validations_every_n_steps_give_the_same_rate() -> None:
+    """With val_every_n_steps a row covers the steps since the previous validation (several rows per epoch)."""
+    by_step = [{"epoch": 1, "global_step": 4, "epoch_seconds": 16.0}, {"epoch": 1, "global_step": 8,
+                                                                       "epoch_seconds": 16.0},
+               {"epoch": 2, "global_step": 10, "epoch_seconds": 8.0}]  # the last validation after 2 steps
+    assert remaining_time(by_step, global_step=10, total_steps=40, finished=False)["eta_s"] == 120.0
 
 
 def test_no_eta_for_a_finished_stage_and_an_unknown_one_before_the_first_epoch_ends() -> None:
@@ -30,6 +37,8 @@ def test_no_eta_for_a_finished_stage_and_an_unknown_one_before_the_first_epoch_e
     assert remaining_time(HISTORY, global_step=20, total_steps=None, finished=False) is None
     early = remaining_time([], global_step=4, total_steps=50, finished=False)
     assert early["remaining_steps"] == 46 and early["eta_s"] is None and early["eta"].startswith("unknown")
+    no_times = [{"epoch": 1, "global_step": 5}]  # a history without epoch_seconds
+    assert remaining_time(no_times, global_step=5, total_steps=9, finished=False)["eta_s"] is None
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (45, "45 s"), (725, "12 min 05 s"),

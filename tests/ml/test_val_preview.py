@@ -64,13 +64,13 @@ def test_the_images_are_a_fixed_round_robin_over_the_classes() -> None:
 def test_a_preview_shows_image_truth_and_prediction_per_row_and_leaves_the_model_as_it_was() -> None:
     torch.manual_seed(0)
     net = TinyNet().train()
-    figure = _preview(net).render("stage2: validation predictions after epoch 5")
+    figure = _preview(net).render("stage2: validation predictions, epoch 5 (step 50)")
     axes = figure.get_axes()
     assert len(axes) == 9  # 3 images x (image, truth, prediction)
     titles = [ax.get_title() for ax in axes]
     assert titles[0] == "sample 0" and titles[1] == "truth: good" and titles[4] == "truth: scratch"
     assert titles[7] == "truth: spot" and all(t.startswith("predicted: ") for t in titles[2::3])
-    assert figure.get_suptitle() == "stage2: validation predictions after epoch 5"
+    assert figure.get_suptitle() == "stage2: validation predictions, epoch 5 (step 50)"
     (legend,) = figure.legends  # the colours of the classes drawn (both defect squares are in the truth)
     assert {t.get_text() for t in legend.get_texts()} >= {"scratch", "spot"}
     assert net.training  # back in train mode
@@ -79,24 +79,60 @@ def test_a_preview_shows_image_truth_and_prediction_per_row_and_leaves_the_model
     assert torch.equal(torch.get_rng_state(), state)  # the dataset's draws were undone
 
 
-def test_previews_come_every_n_epochs_and_at_the_last(tmp_path: Path) -> None:
+def test_previews_come_every_n_epochs_and_when_the_stage_ends(tmp_path: Path) -> None:
     recorder = Recorder()
     torch.manual_seed(0)
-    logger = PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=2, last_epoch=5, stage="stage2")
+    logger = PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=2, stage="stage2")
     for epoch in range(1, 6):
         logger.log_epoch(epoch, 10 * epoch, {"val_loss": 1.0})
     assert recorder.epochs == [1, 2, 3, 4, 5]
+    assert sorted(recorder.figures) == ["val_preview_epoch2.png", "val_preview_epoch4.png"]
+    logger.finish(epoch=5, step=50)  # the stage ended after epoch 5 (its last, early stopping, a budget ...)
+    logger.finish(epoch=5, step=50)
     assert sorted(recorder.figures) == ["val_preview_epoch2.png", "val_preview_epoch4.png", "val_preview_epoch5.png"]
-    path = FigureFolder(str(tmp_path / "stage2")).save("val_preview_epoch2.png", recorder.figures["val_preview_epoch2.png"])
+    path = FigureFolder(str(tmp_path / "stage2")).save("val_preview_epoch2.png",
+                                                        recorder.figures["val_preview_epoch2.png"])
     assert path.read_bytes().startswith(b"\x89PNG") and not list(path.parent.glob(".*.tmp"))
     with pytest.raises(ValueError, match="0 turns previews off"):
-        PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=0, last_epoch=5)
+        PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=0)
+
+
+def test_an_epoch_just_drawn_is_not_drawn_again_at_the_end() -> None:
+    recorder = Recorder()
+    logger = PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=2)
+    logger.log_epoch(2, 20, {})
+    recorder.figures.clear()
+    logger.finish(epoch=2, step=20)
+    assert not recorder.figures
+
+
+def test_with_validations_every_n_steps_the_first_one_past_each_nth_epoch_is_drawn() -> None:
+    recorder = Recorder()
+    logger = PreviewingLogger(recorder, _preview(TinyNet()), every_n_epochs=2, by_step=True)
+    for epoch, step in ((1, 4), (1, 8), (2, 12), (2, 16), (3, 20), (3, 24), (4, 28), (5, 36), (5, 40)):
+        logger.log_epoch(epoch, step, {})
+    assert sorted(recorder.figures) == ["val_preview_step20.png", "val_preview_step36.png"]  # past epochs 2 and 4
+    logger.finish(epoch=5, step=40)
+    assert "val_preview_step40.png" in recorder.figures
+
+
+def test_the_final_preview_of_several_processes_loads_rank_0s_weights(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(1)
+    trained = TinyNet()
+    torch.manual_seed(2)
+    untrained = TinyNet()
+    logger = PreviewingLogger(Recorder(), _preview(untrained), every_n_epochs=5, stage="stage3")
+    logger.finish(epoch=3, step=30, weights=trained.state_dict)
+    assert all(torch.equal(v, untrained.state_dict()[k]) for k, v in trained.state_dict().items())
+    with caplog.at_level(logging.WARNING):
+        logger.finish(epoch=4, step=40, weights=lambda: {"no": torch.zeros(1)})
+    assert "stage3: no final validation preview (RuntimeError" in caplog.text
 
 
 def test_a_preview_that_fails_is_a_warning_and_training_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     recorder = Recorder()
     broken = _preview(TinyNet(), indices=[99])  # no such validation image
-    logger = PreviewingLogger(recorder, broken, every_n_epochs=1, last_epoch=1, stage="stage1")
+    logger = PreviewingLogger(recorder, broken, every_n_epochs=1, stage="stage1")
     with caplog.at_level(logging.WARNING):
         logger.log_epoch(1, 3, {})
     assert recorder.epochs == [1] and not recorder.figures
@@ -108,7 +144,7 @@ def test_training_with_previews_draws_the_same_random_numbers_as_without(tmp_pat
         torch.manual_seed(0)
         net = TinyNet()
         recorder = Recorder()
-        tracker = PreviewingLogger(recorder, _preview(net), every_n_epochs=1, last_epoch=3) if with_preview else None
+        tracker = PreviewingLogger(recorder, _preview(net), every_n_epochs=1) if with_preview else None
         _, result = run(folder, config(epochs=3), model=net, training_logger=tracker)
         return net, result, recorder
 

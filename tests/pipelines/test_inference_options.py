@@ -45,8 +45,8 @@ def test_predict_scores_only_the_first_images_and_says_so(tmp_path: Path) -> Non
     make_tiny_package(LabelSpace(("crack", "spot"), has_good=True)).save(store.path)
     files, ignored = list_images(awkward_folder(tmp_path / "in", tmp_path / "elsewhere/x.png"), extensions=EXTENSIONS)
     inputs = {"files": files, "ignored": ignored, "input": "a folder"}
-    frame, masks, _, summary = predict(inputs, store, "out/here", InferenceParams(limit=3, write_overlays=False),
-                                       RuntimeParams())
+    frame, masks, _, summary = predict(inputs, store, InferenceParams(limit=3, write_overlays=False), RuntimeParams(),
+                                       output_dir="out/here")
     assert frame["relative_path"].tolist() == files["relative_path"].tolist()[:3] == ["corrupt.png", "deep.tif",
                                                                                      "link.png"]
     assert summary["files"] == 3 and summary["listed_files"] == 6 and summary["limit"] == 3
@@ -55,8 +55,8 @@ def test_predict_scores_only_the_first_images_and_says_so(tmp_path: Path) -> Non
 
 def test_an_output_dir_the_catalog_does_not_write_to_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--params inference.output_dir=<folder>"):
-        predict({"files": pd.DataFrame(), "ignored": [], "input": ""}, ModelStore(str(tmp_path)), DEFAULT_OUTPUT,
-                InferenceParams(output_dir="elsewhere"), RuntimeParams())
+        predict({"files": pd.DataFrame(), "ignored": [], "input": ""}, ModelStore(str(tmp_path)),
+                InferenceParams(output_dir="elsewhere"), RuntimeParams(), output_dir=DEFAULT_OUTPUT)
 
 
 def test_the_output_dir_given_with_params_reaches_every_inference_output() -> None:

@@ -38,7 +38,7 @@ def test_a_default_run_keeps_its_plots_previews_and_log_file_on_disk_and_in_mlfl
     assert matrices["pixel"]["classes"] == ["background", "crack", "scratch", "spot"]
     assert "## Confusion matrices (tuned thresholds)" in (evaluation / "report.md").read_text()
 
-    # validation previews: every 5 epochs (default) and at each stage's last (stage1 trains 2 epochs here)
+    # validation previews: every 5 epochs (default) and when each stage ends (stage1 trains 2 epochs here)
     for stage, epochs in (("stage1", 2), ("stage2", 1), ("stage3", 1)):
         previews = sorted(p.name for p in (project / "data/08_reporting" / stage).glob("val_preview_epoch*.png"))
         assert previews == [f"val_preview_epoch{epochs}.png"], stage

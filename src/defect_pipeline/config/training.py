@@ -202,7 +202,7 @@ class StageParams(StrictModel):
                                                                 "seconds of training (null: no limit)")
     preview_every_n_epochs: int = Field(
         5, ge=0, description="draw the model's predictions on a fixed handful of validation images every N epochs "
-                             "and at the stage's last epoch (data/08_reporting/<stage>/val_preview_epoch<N>.png, "
+                             "and when the stage ends (data/08_reporting/<stage>/val_preview_epoch<N>.png, "
                              "an MLflow artifact of the stage run); 0 = off")
 
     @model_validator(mode="before")

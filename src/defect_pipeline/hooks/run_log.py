@@ -1,4 +1,4 @@
-"""Every `kedro run` writes its log to a file of its own, ``logs/<start time>_<pipeline>.log``, kept with its MLflow run.
+"""Every `kedro run` writes its log to a file of its own, ``logs/<start>_<pipeline>.log``, kept in its MLflow run.
 
 Why a hook and not ``conf/logging.yml``: Kedro applies its logging configuration once, when
 ``kedro.framework.project`` is imported (``KEDRO_LOGGING_CONFIG``, else ``conf/logging.yml``, else

@@ -58,7 +58,8 @@ def _confusion_markdown(block: dict[str, Any], point: str, *, counts: bool) -> s
     rows = []
     for name, row, fractions in zip(classes, matrix, share, strict=True):
         cells = [("–" if math.isnan(f) else f"{100 * f:.1f} %") if not counts else
-                 (f"{int(n)} (–)" if math.isnan(f) else f"{int(n)} ({100 * f:.0f} %)") for n, f in zip(row, fractions)]
+                 (f"{int(n)} (–)" if math.isnan(f) else f"{int(n)} ({100 * f:.0f} %)")
+                 for n, f in zip(row, fractions, strict=True)]
         rows.append([name, *cells, _compact(row.sum())])
     return markdown_table(["true \\ predicted", *classes, "total"], rows)
 

@@ -1,7 +1,8 @@
 """Batch inference over a list of image files: one row per file, whatever happens to it.
 
 :func:`list_images` finds the images of a folder (recursively, by extension) and decides what
-to do with symlinks; :func:`first_images` keeps the first N of a listing (``inference.limit``); :func:`predict_files` streams them (:func:`stream_predictions`, which the
+to do with symlinks; :func:`first_images` keeps the first N of a listing (``inference.limit``);
+:func:`predict_files` streams them (:func:`stream_predictions`, which the
 MLflow pyfunc model uses too) through a
 :class:`~defect_pipeline.ml.predict.Predictor` in batches. Every listed file ends up as a row
 with ``status`` ``ok`` (prediction columns filled), ``error`` (unreadable: the reason is in

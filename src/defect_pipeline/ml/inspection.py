@@ -81,29 +81,33 @@ def remaining_time(history: list[dict[str, Any]] | None, *, global_step: int | N
                    finished: bool | None) -> dict[str, Any] | None:
     """How long an unfinished stage still needs (None when it finished or its length is not recorded).
 
-    From the checkpoint's history: the steps of an epoch (the last epoch's ``global_step`` minus the
-    one before) and the mean ``epoch_seconds`` (training and validation). ``remaining_epochs`` =
-    (``total_steps`` − ``global_step``) / steps per epoch, so a checkpoint written mid-epoch counts the
-    part of the epoch it still lacks; ``eta_s`` = ``remaining_epochs`` × mean ``epoch_seconds``. Early
-    stopping or a time budget may end the stage sooner. Without a finished epoch the ETA is unknown.
+    From the logged times in the checkpoint's history: each row's ``epoch_seconds`` (training and
+    validation of the epoch — or, with ``val_every_n_steps``, of the steps since the previous
+    validation) over its optimizer steps (the row's ``global_step`` minus the previous row's) gives
+    the mean time per step; ``eta_s`` = (``total_steps`` − ``global_step``) × that time, i.e. the
+    remaining epochs × the mean epoch time, and a checkpoint written mid-epoch counts only the part
+    it still lacks. Early stopping or a time budget may end the stage sooner. Before the first row
+    the ETA is unknown.
     """
     if finished or global_step is None or not total_steps:
         return None
     remaining_steps = max(int(total_steps) - int(global_step), 0)
-    rows = [r for r in history or [] if _number(r.get("epoch_seconds")) is not None
-            and _number(r.get("global_step")) is not None]
-    if not rows:
-        return {"remaining_steps": remaining_steps, "remaining_epochs": None, "mean_epoch_seconds": None,
-                "eta_s": None, "eta": "unknown (no epoch finished yet)"}
-    ends = [int(_number(r["global_step"])) for r in rows]
-    steps_per_epoch = ends[-1] - ends[-2] if len(ends) > 1 else ends[-1]
-    if steps_per_epoch <= 0:
-        steps_per_epoch = max(ends[-1], 1) / len(ends)
-    mean_seconds = sum(_number(r["epoch_seconds"]) for r in rows) / len(rows)
-    remaining_epochs = remaining_steps / steps_per_epoch
-    eta = remaining_epochs * mean_seconds
-    return {"remaining_steps": remaining_steps, "remaining_epochs": round(remaining_epochs, 2),
-            "mean_epoch_seconds": round(mean_seconds, 2), "eta_s": round(eta, 1), "eta": format_duration(eta)}
+    steps = seconds = 0.0
+    previous = 0
+    for row in history or []:
+        step, spent = _number(row.get("global_step")), _number(row.get("epoch_seconds"))
+        if step is None or spent is None:
+            continue
+        if step > previous:
+            steps, seconds = steps + step - previous, seconds + spent
+        previous = int(step)
+    if steps <= 0:
+        return {"remaining_steps": remaining_steps, "seconds_per_step": None, "eta_s": None,
+                "eta": "unknown (nothing logged yet)"}
+    per_step = seconds / steps
+    eta = remaining_steps * per_step
+    return {"remaining_steps": remaining_steps, "seconds_per_step": round(per_step, 4), "eta_s": round(eta, 1),
+            "eta": format_duration(eta)}
 
 
 def peak_gpu_memory(history: list[dict[str, Any]] | None, trainer: dict[str, Any] | None = None) -> dict[str, float]:
@@ -272,9 +276,9 @@ def render_markdown(rows: list[dict[str, Any]], details: dict[str, Any] | None, 
                   f"- initialised from: {details['init_from']}"]
         remaining = details.get("remaining")
         if remaining:
-            lines.append(f"- unfinished: {remaining['remaining_steps']} steps left"
-                         + (f" (≈ {remaining['remaining_epochs']} epochs at {remaining['mean_epoch_seconds']} s each)"
-                            if remaining["remaining_epochs"] is not None else "") + f", ETA {remaining['eta']}")
+            lines.append(f"- unfinished: {remaining['remaining_steps']} optimizer steps left"
+                         + (f" at {remaining['seconds_per_step']:.3g} s per step (the history's mean)"
+                            if remaining["seconds_per_step"] is not None else "") + f", ETA {remaining['eta']}")
         if details.get("peak_gpu_mem_mb"):
             lines.append(f"- peak GPU memory: {_describe_gpu(details['peak_gpu_mem_mb'])}")
         lines += ["", "Parameters:", ""]

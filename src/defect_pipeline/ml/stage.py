@@ -309,10 +309,9 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
                 len(val_set), settings.accelerator, settings.world_size, engine_cfg.precision, stage.batch_size,
                 settings.world_size, stage.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
     if training_logger is not None and stage.preview_every_n_epochs > 0:  # drawn on the main process only
-        training_logger = PreviewingLogger(training_logger, ValidationPreview(net, val_set, labels,
-                                                                              seg_mode=model.seg_mode),
-                                           every_n_epochs=stage.preview_every_n_epochs, last_epoch=stage.epochs,
-                                           stage=stage_name)
+        preview = ValidationPreview(net, val_set, labels, seg_mode=model.seg_mode)
+        training_logger = PreviewingLogger(training_logger, preview, every_n_epochs=stage.preview_every_n_epochs,
+                                           stage=stage_name, by_step=stage.val_every_n_steps is not None)
     job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model.seg_mode), engine_cfg,
                       checkpoints, meta, batch_size=stage.batch_size, num_workers=stage.num_workers,
                       training_logger=training_logger, cpu_threads=runtime.cpu_threads)
@@ -376,8 +375,13 @@ def run_stage(plan: StagePlan, diagnosis: DiagnosisParams, *, rerun: RerunTarget
     """
     stage_name, store, tracker = plan.stage_name, plan.job.store, plan.job.training_logger
     result = launch(plan.settings, run_training_job, plan.job)
+    if isinstance(tracker, PreviewingLogger):  # the stage's final preview; none when nothing trained
+        if result.already_finished:
+            tracker = tracker.inner
+        else:  # several processes: this process's model did not train, rank 0's last checkpoint holds it
+            tracker.finish(epoch=result.epochs_run, step=result.global_step,
+                           weights=(lambda: store.load("last")["model"]) if plan.settings.world_size > 1 else None)
     if result.already_finished and tracker is not None:  # nothing trained: the logger still gets the curves
-        tracker = tracker.inner if isinstance(tracker, PreviewingLogger) else tracker  # no preview of old epochs
         tracker.log_steps(result.steps)
         for row in result.history:
             tracker.log_epoch(int(row["epoch"]), int(row["global_step"]), row)

@@ -1,12 +1,13 @@
 """Validation previews during training: what the model predicts on a fixed handful of validation images.
 
-Every ``stage.preview_every_n_epochs`` epochs (and at the stage's last epoch; 0 = off),
+Every ``stage.preview_every_n_epochs`` epochs and when the stage ends (0 = off),
 :class:`PreviewingLogger` — a :class:`~defect_pipeline.ml.engine.TrainingLogger` wrapped around the
 one the caller injected — draws a grid with one row per image: the image as the model sees it,
 the ground truth and the prediction overlaid (:class:`ValidationPreview`), and hands it to the
 inner logger's ``log_figure`` as ``val_preview_epoch<N>.png`` (the pipeline's logger writes it
 into the stage's reporting folder, a :class:`FigureFolder`, and into MLflow). The engine is not
-involved: the figure is drawn when the epoch's row is logged, with the model as it is then.
+involved: the figure is drawn when a validation row is logged, with the model as it is then, and
+once more by the stage after training (:meth:`PreviewingLogger.finish`).
 
 The images are chosen once, without randomness (:func:`select_preview_indices`: round robin
 over the image classes, in manifest order), so every preview of a stage shows the same ones.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,22 +163,40 @@ class ValidationPreview:
 
 
 class PreviewingLogger:
-    """A :class:`~defect_pipeline.ml.engine.TrainingLogger` that passes everything to ``inner`` and, after the
-    rows of epochs ``every_n_epochs``, ``2 × every_n_epochs``, … and ``last_epoch``, logs ``preview``'s figure
-    as ``val_preview_epoch<N>.png`` through ``inner.log_figure``.
+    """A :class:`~defect_pipeline.ml.engine.TrainingLogger` that passes everything to ``inner`` and logs
+    ``preview``'s figure through ``inner.log_figure``:
+
+    * after the validation that ends epoch ``every_n_epochs``, ``2 × every_n_epochs``, … as
+      ``val_preview_epoch<N>.png``; with ``by_step`` (validations every ``val_every_n_steps`` steps,
+      several rows per epoch) after the first validation past each of those epochs, as
+      ``val_preview_step<S>.png``;
+    * once more when the stage ends (:meth:`finish`, called by the stage after training: its last
+      epoch, early stopping, a time budget or ``max_steps``), unless that point was just drawn.
 
     A preview that cannot be drawn or saved is a warning, never the end of a training run.
     """
 
-    def __init__(self, inner: Any, preview: ValidationPreview, *, every_n_epochs: int, last_epoch: int,
-                 stage: str = "") -> None:
+    def __init__(self, inner: Any, preview: ValidationPreview, *, every_n_epochs: int, stage: str = "",
+                 by_step: bool = False) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1 (0 turns previews off: do not wrap), got {every_n_epochs}")
-        self.inner, self.preview = inner, preview
-        self.every_n_epochs, self.last_epoch, self.stage = every_n_epochs, last_epoch, stage
+        self.inner, self.preview, self.every_n_epochs, self.stage, self.by_step = (
+            inner, preview, every_n_epochs, stage, by_step)
+        self._passed = 0  # by_step: the last multiple of every_n_epochs a preview was drawn after
+        self._latest: str | None = None  # the name of the latest preview
+
+    def _name(self, epoch: int, step: int) -> str:
+        return f"val_preview_step{step}.png" if self.by_step else f"val_preview_epoch{epoch}.png"
 
     def due(self, epoch: int) -> bool:
-        return epoch % self.every_n_epochs == 0 or epoch == self.last_epoch
+        """Whether the validation row of ``epoch`` gets a preview (updates the ``by_step`` bookkeeping)."""
+        if not self.by_step:
+            return epoch % self.every_n_epochs == 0
+        passed = (epoch - 1) // self.every_n_epochs * self.every_n_epochs  # epochs fully behind this row
+        if passed <= self._passed:
+            return False
+        self._passed = passed
+        return True
 
     def log_steps(self, rows: list[dict[str, Any]]) -> None:
         self.inner.log_steps(rows)
@@ -190,13 +209,29 @@ class PreviewingLogger:
 
     def log_epoch(self, epoch: int, step: int, row: dict[str, float]) -> None:
         self.inner.log_epoch(epoch, step, row)
-        if not self.due(epoch):
+        if self.due(epoch):
+            self._draw(epoch, step)
+
+    def finish(self, *, epoch: int, step: int, weights: Callable[[], dict[str, Any]] | None = None) -> None:
+        """The stage ended after ``epoch`` at ``step``: its preview, unless just drawn. ``weights``: where the
+        final weights come from when this process's model did not train (several processes)."""
+        if self._name(epoch, step) == self._latest:
             return
-        name = f"val_preview_epoch{epoch}.png"
         try:
-            figure = self.preview.render(f"{self.stage or 'training'}: validation predictions after epoch {epoch} "
+            if weights is not None:
+                self.preview.model.load_state_dict(weights())
+        except Exception as error:  # noqa: BLE001 - a report must not end a training run
+            logger.warning("%s: no final validation preview (%s: %s)", self.stage, type(error).__name__, error)
+            return
+        self._draw(epoch, step)
+
+    def _draw(self, epoch: int, step: int) -> None:
+        name = self._name(epoch, step)
+        try:
+            figure = self.preview.render(f"{self.stage or 'training'}: validation predictions, epoch {epoch} "
                                          f"(step {step})")
             self.inner.log_figure(name, figure)
+            self._latest = name
         except Exception as error:  # noqa: BLE001 - a report must not end a training run
             logger.warning("%s: the validation preview %s could not be written (%s: %s); training goes on",
                            self.stage, name, type(error).__name__, error)

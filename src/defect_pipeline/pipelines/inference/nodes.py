@@ -22,6 +22,7 @@ from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.tracking.pyfunc import load_logged_package
+from defect_pipeline.util import names_same_place
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +95,21 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
     return predictor, thresholds, source, description
 
 
-def _check_output_dir(params: InferenceParams, output_dir: str) -> None:
+def _check_output_dir(params: InferenceParams, output_dir: str | None) -> None:
     """``inference.output_dir`` must be where the catalog writes (it reads the value given with ``--params``)."""
-    if params.output_dir is not None and Path(params.output_dir) != Path(output_dir):
+    if output_dir is not None and params.output_dir is not None and not names_same_place(params.output_dir,
+                                                                                          output_dir):
         raise ValueError(f"inference.output_dir is {params.output_dir} but the catalog writes the predictions to "
                          f"{output_dir}: give the folder with --params inference.output_dir=<folder> (the catalog "
                          "reads it from there), or point the inference entries at it in conf/local/catalog.yml")
 
 
-def predict(inputs: dict[str, Any], model: ModelStore, output_dir: str, params: InferenceParams,
-            runtime: RuntimeParams) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json`` (into ``output_dir``, the
-    catalog's ``inference_output_dir``), for the first ``inference.limit`` images of ``inputs``."""
+def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, runtime: RuntimeParams,
+            output_dir: str | None = None) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json`` for the first
+    ``inference.limit`` images of ``inputs``; ``output_dir``: where the catalog writes them (its
+    ``inference_output_dir``), recorded in the summary."""
+    output_dir = None if output_dir is None else str(output_dir)
     _check_output_dir(params, output_dir)
     apply_runtime(runtime.cpu_threads)
     predictor, thresholds, source, description = _predictor(model, params, runtime)
