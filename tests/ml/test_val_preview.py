@@ -155,3 +155,25 @@ def test_training_with_previews_draws_the_same_random_numbers_as_without(tmp_pat
         assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
     for name, value in plain_net.state_dict().items():
         assert torch.equal(value, net.state_dict()[name]), name
+
+
+def test_with_step_control_the_previews_follow_the_validations_and_change_nothing(tmp_path: Path) -> None:
+    """6 steps per epoch, validations every 4 steps, the stage ends at max_steps 14 (in epoch 3)."""
+    cfg = config(epochs=4, val_every_n_steps=4, max_steps=14)
+
+    def train_once(folder: Path, with_preview: bool):
+        torch.manual_seed(0)
+        net = TinyNet()
+        recorder = Recorder()
+        tracker = PreviewingLogger(recorder, _preview(net), every_n_epochs=2, by_step=True) if with_preview else None
+        _, result = run(folder, cfg, model=net, training_logger=tracker)
+        if tracker is not None:
+            tracker.finish(epoch=result.epochs_run, step=result.global_step)  # what run_stage does
+        return result, recorder
+
+    plain, _ = train_once(tmp_path / "plain", False)
+    previewed, recorder = train_once(tmp_path / "previewed", True)
+    assert [(r["epoch"], r["global_step"]) for r in previewed.history] == [(1, 4), (2, 8), (2, 12), (3, 14)]
+    assert sorted(recorder.figures) == ["val_preview_step14.png"]  # past epoch 2; also the end: drawn once
+    for a, b in zip(plain.history, previewed.history, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
