@@ -151,3 +151,36 @@ def test_the_lock_is_held_during_the_run_and_released_after_it(tmp_path: Path) -
     assert json.loads((tmp_path / "data/.kedro_run.lock").read_text())["pipeline"] == "stage1"
     manager.hook.on_pipeline_error(error=RuntimeError(), run_params=params, pipeline=None, catalog=None)
     assert not (tmp_path / "data/.kedro_run.lock").exists()
+
+
+
+def test_without_fcntl_the_lock_module_imports_and_the_holders_pid_decides(tmp_path: Path) -> None:
+    """Windows has neither ``fcntl`` nor ``os.register_at_fork``: settings.py imports this hook, so importing it
+    there must not fail (it did: ``import fcntl`` at module level), and the lock falls back to the PID rule.
+    Run in a fresh interpreter with both hidden, so this session's module stays as it is."""
+    script = textwrap.dedent(f"""
+        import json, os, socket, subprocess, sys, time
+        sys.modules["fcntl"] = None  # `import fcntl` raises ImportError
+        del os.register_at_fork
+        from defect_pipeline.hooks import run_lock
+        assert run_lock.fcntl is None
+        lock = {str(tmp_path / ".kedro_run.lock")!r}
+        live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with open(lock, "w") as file:
+            json.dump({{"pid": live.pid, "host": socket.gethostname(), "command": "kedro run",
+                       "started": "2030-01-01", "pipeline": "stage2"}}, file)
+        try:
+            run_lock.acquire(lock, pipeline="data")
+            raise SystemExit("a live holder's lock was taken")
+        except run_lock.RunLockedError as error:
+            assert f"PID {{live.pid}}" in str(error), error
+        live.kill(); live.wait()
+        taken = run_lock.acquire(lock, pipeline="data")  # its holder has ended: taken over
+        assert json.load(open(lock))["pid"] == os.getpid()
+        taken.release()
+        assert not os.path.exists(lock)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+
+try:  # POSIX; elsewhere (Windows) the holder's PID decides, as on a file system without flock
+    import fcntl
+except ImportError:  # pragma: no cover - exercised by a test that hides the module
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +183,9 @@ def _replace_with_ours(path: Path, info: RunInfo) -> RunLock:
 
 
 def _try_flock(fd: int) -> bool | None:
-    """True: exclusive ``flock`` taken; False: another process holds it; None: this file system has none."""
+    """True: exclusive ``flock`` taken; False: another process holds it; None: this file system (or OS) has none."""
+    if fcntl is None:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -223,7 +229,8 @@ def _forget_in_forked_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_forget_in_forked_child)
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 class RunLockHook:
