@@ -11,6 +11,7 @@ BENCHMARKS = {
     "test_metrics": "defect_pipeline.benchmarks.test_metrics",
     "evaluation": "defect_pipeline.benchmarks.evaluation",
     "backbones": "defect_pipeline.benchmarks.backbones",
+    "ablation": "defect_pipeline.benchmarks.ablation",
     "distributed": "defect_pipeline.benchmarks.distributed",
     "ensemble": "defect_pipeline.benchmarks.ensemble",
     "schedules": "defect_pipeline.benchmarks.schedules",  # a figure for docs/training.md, nothing measured
