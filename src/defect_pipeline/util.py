@@ -7,6 +7,7 @@ Anything here must be a pure function with no project dependency, so that ``conf
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,3 +36,23 @@ def names_same_place(given: str | os.PathLike, resolved: str | os.PathLike) -> b
     if given_path.is_absolute():
         return given_path.resolve() == Path(resolved).resolve()
     return Path(os.path.normpath(resolved)).parts[-len(given_path.parts):] == given_path.parts
+
+
+def describe_machine() -> str:
+    """One line: CPU model, cores, memory, Python and OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{memory}; Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")

@@ -93,3 +93,27 @@ def test_history_rows_are_logged_at_the_epoch_or_at_the_optimizer_step(
     finally:
         mlflow.set_tracking_uri(previous)
     assert sorted((m.step, m.value) for m in history) == sorted(zip(expected, [0.9, 0.7], strict=True))
+
+
+def test_a_run_records_its_machine_and_the_best_checkpoints_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """What the ``ablation`` benchmark reads per run: the machine (tag) and, for a stage validated every N
+    steps, the optimizer step of its best checkpoint (metric ``best_step``). Neither was recorded before."""
+    import mlflow
+
+    from defect_pipeline.tracking.runs import log_stage_result, reproducibility_tags
+    from defect_pipeline.util import describe_machine
+
+    tags = reproducibility_tags(project_path=tmp_path, env=None, pipeline="__default__", argv=["kedro", "run"])
+    assert tags["defect_pipeline.machine"] == describe_machine()
+    previous, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("best_step")
+        with mlflow.start_run() as active:
+            log_stage_result({"best_epoch": 1, "best_step": 100, "epochs_run": 2})
+        metrics = mlflow.MlflowClient().get_run(active.info.run_id).data.metrics
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert metrics["best_step"] == 100 and metrics["best_epoch"] == 1

@@ -9,30 +9,12 @@ markers), leaving the other sections alone.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 from pathlib import Path
 
+from defect_pipeline.util import describe_machine
 
-def describe_machine() -> str:
-    """One line: CPU model, cores, memory, Python and OS."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        memory = f", {pages / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores{memory}; Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+__all__ = ["describe_machine", "project_report_arguments", "write_section"]
 
 
 def write_section(doc: Path, name: str, body: str) -> None:

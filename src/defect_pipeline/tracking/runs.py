@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from defect_pipeline.util import flatten
+from defect_pipeline.util import describe_machine, flatten
 
 if TYPE_CHECKING:
     from defect_pipeline.ml.val_preview import FigureFolder
@@ -37,6 +37,7 @@ KIND_TAG_PREFIX = "mlflow_kind."
 SOURCE_RUN_TAG = TAG_PREFIX + "source_run_id"  # evaluation/thresholds runs: the run that trained the model
 # thresholds runs: "tuned", or "kept_fixed:<part>_<reason>,..." when a tuned part would have made the model worse
 THRESHOLDS_STATUS_TAG = TAG_PREFIX + "thresholds_status"
+MACHINE_TAG = TAG_PREFIX + "machine"  # CPU, cores, memory, Python, OS of the machine the run ran on
 
 
 def kind_tag(kind: str) -> str:
@@ -70,7 +71,8 @@ def git_info(path: str | Path) -> dict[str, str]:
 
 def reproducibility_tags(*, project_path: str | Path, env: str | None, pipeline: str,
                          argv: list[str] | None = None) -> dict[str, str]:
-    """Tags that make a run reproducible: git commit and dirty flag, kedro env, pipeline, command line."""
+    """Tags that make a run reproducible: git commit and dirty flag, kedro env, pipeline, command line, and
+    the machine it ran on (benchmark sections report it per run)."""
     package_root = Path(__file__).resolve().parents[1]
     tags = git_info(project_path)
     if tags["git.commit"].startswith("unknown"):  # a project copy outside git: use the installed package's checkout
@@ -80,6 +82,7 @@ def reproducibility_tags(*, project_path: str | Path, env: str | None, pipeline:
         "kedro.env": env or "local (default)",
         "kedro.pipeline": pipeline,
         "command_line": " ".join(argv if argv is not None else sys.argv),
+        MACHINE_TAG: describe_machine(),
     }
 
 
@@ -215,7 +218,7 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     metrics: dict[str, float] = {f"best_{k}": float(v) for k, v in (summary.get("best_values") or {}).items()}
     if summary.get("best_epoch") is not None:
         metrics["best_epoch"] = float(summary["best_epoch"])
-    for key in ("epochs_run", "global_step", "total_steps"):
+    for key in ("epochs_run", "global_step", "total_steps", "best_step"):  # best_step: the best checkpoint's
         if summary.get(key) is not None:
             metrics[key] = float(summary[key])
     for key, value in (summary.get("parameters") or {}).items():
