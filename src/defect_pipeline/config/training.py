@@ -157,6 +157,21 @@ class EarlyStoppingParams(StrictModel):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class EmaParams(StrictModel):
+    """Block ``stageN.ema``: validate, checkpoint and package an exponential moving average of the weights.
+
+    After every optimizer step the average moves ``1 - decay`` of the way towards the weights; its window
+    (``1 / (1 - decay)`` steps) grows linearly from one step to its full length over ``warmup_steps``
+    (null: ten windows). ``best``/``last``, early stopping and the stage's model package then use the
+    average (docs/training.md, "EMA of the weights").
+    """
+
+    enabled: bool = False
+    decay: float = Field(0.999, ge=0.0, lt=1.0, description="the average's decay per optimizer step")
+    warmup_steps: int | None = Field(None, ge=0, description="steps over which the averaging window grows to "
+                                                              "1 / (1 - decay); null = 10 / (1 - decay)")
+
+
 class StageParams(StrictModel):
     """Blocks ``stage1``/``stage2``/``stage3``: one training stage.
 
@@ -198,6 +213,7 @@ class StageParams(StrictModel):
     loss: LossParams = LossParams()
     dropout: DropoutParams = DropoutParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    ema: EmaParams = EmaParams()
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that reaches this many "
                                                                 "seconds of training (null: no limit)")
     preview_every_n_epochs: int = Field(

@@ -18,6 +18,8 @@ caller injects the training logger and records the result.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -49,6 +51,7 @@ from defect_pipeline.ml.diagnosis import DiagnosisConfig, diagnose, render_diagn
 from defect_pipeline.ml.diagnosis_commands import RerunTarget
 from defect_pipeline.ml.distributed import TrainerSettings, launch, resolve_trainer
 from defect_pipeline.ml.engine import EngineConfig, TrainingJob, TrainingLogger, run_training_job
+from defect_pipeline.ml.engine.ema import default_warmup_steps
 from defect_pipeline.ml.input_mode import InputPlan, input_facts, package_input_meta, resolve_input_mode
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
@@ -257,7 +260,13 @@ def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfi
         dropout_rate=s.dropout.rate, dropout_warmup_step=s.dropout.warmup_step,
         freeze_backbone=s.freeze_backbone, seed=s.seed, max_batches_per_epoch=s.max_batches_per_epoch,
         resume=s.resume, time_budget_s=s.time_budget_s, max_steps=s.max_steps, val_every_n_steps=s.val_every_n_steps,
-        checkpoint_every_n_steps=s.checkpoint_every_n_steps, keep_last_n=s.keep_last_n)
+        checkpoint_every_n_steps=s.checkpoint_every_n_steps, keep_last_n=s.keep_last_n,
+        ema_decay=s.ema.decay if s.ema.enabled else None,
+        ema_warmup_steps=default_warmup_steps(s.ema.decay) if s.ema.warmup_steps is None else s.ema.warmup_steps)
+
+
+def _last_weights(store: CheckpointStore) -> dict[str, Any]:
+    return store.load("last")["model"]
 
 
 def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes: Sequence[str],
@@ -309,9 +318,11 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
                 len(val_set), settings.accelerator, settings.world_size, engine_cfg.precision, stage.batch_size,
                 settings.world_size, stage.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
     if training_logger is not None and stage.preview_every_n_epochs > 0:  # drawn on the main process only
-        preview = ValidationPreview(net, val_set, labels, seg_mode=model.seg_mode)
+        ema = stage.ema.enabled  # the EMA is what validation measures: draw it, from last.pt, on a copy of net
+        preview = ValidationPreview(copy.deepcopy(net) if ema else net, val_set, labels, seg_mode=model.seg_mode)
         training_logger = PreviewingLogger(training_logger, preview, every_n_epochs=stage.preview_every_n_epochs,
-                                           stage=stage_name, by_step=stage.val_every_n_steps is not None)
+                                           stage=stage_name, by_step=stage.val_every_n_steps is not None,
+                                           weights=functools.partial(_last_weights, checkpoints) if ema else None)
     job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model.seg_mode), engine_cfg,
                       checkpoints, meta, batch_size=stage.batch_size, num_workers=stage.num_workers,
                       training_logger=training_logger, cpu_threads=runtime.cpu_threads)
@@ -323,7 +334,8 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
     return {
         "stage": plan.stage_name, "backbone": plan.model.backbone, "decoder": plan.job.model.decoder_name,
         "device": plan.settings.accelerator, "precision": plan.job.config.precision, "trainer": meta["trainer"],
-        "init_from": plan.init_description,
+        "init_from": plan.init_description, "ema": None if plan.job.config.ema_decay is None else
+        {"decay": plan.job.config.ema_decay, "warmup_steps": plan.job.config.ema_warmup_steps},
         "initial_weights": initial_weights_record(plan.init_description, plan.model),
         "input_mode": meta["input_plan"]["mode"], "input_plan": meta["input_plan"],
         "cpu_threads": (result.history[-1] if result.history else {}).get("cpu_threads"),

@@ -173,15 +173,19 @@ class PreviewingLogger:
     * once more when the stage ends (:meth:`finish`, called by the stage after training: its last
       epoch, early stopping, a time budget or ``max_steps``), unless that point was just drawn.
 
-    A preview that cannot be drawn or saved is a warning, never the end of a training run.
+    ``weights`` (picklable): where each drawn preview's weights come from — for a stage that validates an
+    EMA of its weights, the ``last`` checkpoint just written, loaded into ``preview``'s own copy of the
+    network; None: ``preview``'s model as it is. A preview that cannot be drawn or saved is a warning,
+    never the end of a training run.
     """
 
     def __init__(self, inner: Any, preview: ValidationPreview, *, every_n_epochs: int, stage: str = "",
-                 by_step: bool = False) -> None:
+                 by_step: bool = False, weights: Callable[[], dict[str, Any]] | None = None) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1 (0 turns previews off: do not wrap), got {every_n_epochs}")
         self.inner, self.preview, self.every_n_epochs, self.stage, self.by_step = (
             inner, preview, every_n_epochs, stage, by_step)
+        self.weights = weights
         self._passed = 0  # by_step: the last multiple of every_n_epochs a preview was drawn after
         self._latest: str | None = None  # the name of the latest preview
 
@@ -228,6 +232,8 @@ class PreviewingLogger:
     def _draw(self, epoch: int, step: int) -> None:
         name = self._name(epoch, step)
         try:
+            if self.weights is not None:
+                self.preview.model.load_state_dict(self.weights())
             figure = self.preview.render(f"{self.stage or 'training'}: validation predictions, epoch {epoch} "
                                          f"(step {step})")
             self.inner.log_figure(name, figure)

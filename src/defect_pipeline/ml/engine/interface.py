@@ -94,6 +94,8 @@ class EngineConfig:
     val_every_n_steps: int | None = None  # validate after every N-th step and the last (None: once per epoch)
     checkpoint_every_n_steps: int | None = None  # write step_<N>.pt after every N-th optimizer step
     keep_last_n: int | None = 3  # step_<N>.pt files kept, the oldest removed (None: all)
+    ema_decay: float | None = None  # validate, checkpoint and package an EMA of the weights (None: the weights)
+    ema_warmup_steps: int = 0  # the EMA's averaging window grows to its full length over these steps
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """The stage's length in optimizer steps: ``max_steps``, else ``epochs x steps_per_epoch``."""

@@ -2,9 +2,11 @@
 
 :func:`train` builds the optimizer, LR schedule and grad scaler, resumes from ``last`` when there
 is one, then per epoch runs :func:`train_epoch` (per batch: set dropout → forward (autocast) →
-check the loss is finite → backward (accumulate) → clip → step + LR schedule; after a step: a
+check the loss is finite → backward (accumulate) → clip → step + LR schedule (+ the EMA of the
+weights, with ``ema_decay``); after a step: a
 validation when ``val_every_n_steps`` says so, ``step_<N>.pt`` when ``checkpoint_every_n_steps``
-does) and :func:`end_epoch`. A validation (:func:`record_validation`: validate → history row →
+does) and :func:`end_epoch`. A validation (:func:`record_validation`: validate (the EMA when there is
+one) → history row →
 early stopping and time budget → checkpoints ``best``/``last`` → log) runs once per epoch by
 default, or every ``val_every_n_steps`` optimizer steps and after the last. The stage ends after
 ``epochs`` epochs or at step ``max_steps``. What changes on the way is one
@@ -207,7 +209,7 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
     if steps_now:
         average_gradients(processes, list(parts.loss_fn.parameters()))
         progress.end_step(state.global_step + 1, dropout, parts.optimizer.param_groups)
-        # phase 4: clip, step, schedule
+        # phase 4: clip, step, schedule (and the EMA of the weights)
         if config.grad_clip is not None:
             parts.scaler.unscale_(parts.optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in parts.optimizer.param_groups for p in g["params"]],
@@ -217,6 +219,8 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scheduler.step()
         state.global_step += 1
+        if parts.ema is not None:  # the weights' moving average follows the step
+            parts.ema.update(parts.model, step=state.global_step)
     return total
 
 
@@ -246,7 +250,7 @@ def record_validation(setup: TrainingSetup, state: TrainState, progress: EpochPr
     config, epoch, parts = setup.config, progress.epoch, setup.parts
     progress.train_seconds = time.perf_counter() - progress.started
     _sum_over_ranks(progress, setup.processes)
-    val = validate(parts.model, parts.loss_fn, setup.val_loader, setup.metrics, device=config.device,
+    val = validate(parts.evaluated, parts.loss_fn, setup.val_loader, setup.metrics, device=config.device,
                    precision=config.precision, step=state.global_step, total_steps=setup.total_steps,
                    processes=setup.processes)  # phase 5
     row = _epoch_row(setup, state, progress, val)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible
+from defect_pipeline.ml.engine.ema import WeightAverage
 from defect_pipeline.ml.engine.interface import EngineConfig, TrainResult
 from defect_pipeline.ml.engine.state import Trainables, TrainState
 from defect_pipeline.ml.schedules import create_scheduler
@@ -49,7 +50,8 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, *, lr: float, backbone
 
 
 def build_trainables(model: nn.Module, loss_fn: nn.Module, config: EngineConfig, steps_per_epoch: int) -> Trainables:
-    """Model and loss on the device, backbone frozen or not, optimizer, LR schedule and grad scaler."""
+    """Model and loss on the device, backbone frozen or not, optimizer, LR schedule, grad scaler and — with
+    ``ema_decay`` — the weights' moving average (starting as a copy of the model)."""
     model.to(config.device)
     loss_fn.to(config.device)
     model.freeze_backbone(config.freeze_backbone)
@@ -57,7 +59,9 @@ def build_trainables(model: nn.Module, loss_fn: nn.Module, config: EngineConfig,
                                 weight_decay=config.weight_decay, freeze_backbone=config.freeze_backbone)
     scheduler = create_scheduler(optimizer, **config.lr_schedule(steps_per_epoch))
     scaler = torch.amp.GradScaler(config.device.split(":")[0], enabled=config.precision == "fp16")
-    return Trainables(model, loss_fn, optimizer, scheduler, scaler)
+    ema = None if config.ema_decay is None else WeightAverage(model, decay=config.ema_decay,
+                                                              warmup_steps=config.ema_warmup_steps)
+    return Trainables(model, loss_fn, optimizer, scheduler, scaler, ema)
 
 
 def remove_stale_temp_files(store: CheckpointStore) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from defect_pipeline.ml.checkpoint import capture_rng_state, restore_rng_state
+from defect_pipeline.ml.engine.ema import WeightAverage
 
 
 @dataclass
@@ -30,6 +31,12 @@ class Trainables:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    ema: WeightAverage | None = None  # the weights' moving average, when the stage keeps one
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights validation measures and ``best``/``last`` hold as ``model``: the EMA's, or the model's."""
+        return self.model if self.ema is None else self.ema.module
 
 
 def _zero_sums() -> dict[str, float]:
@@ -148,10 +155,13 @@ class TrainState:
                       finished: bool = False, partial_epoch: EpochProgress | None = None) -> dict[str, Any]:
         """A self-describing checkpoint: ``meta``, the trainables' states, the RNG states and this state.
 
-        ``partial_epoch``: how far the epoch after :attr:`epoch` got (a run stopped mid-epoch).
+        ``model`` holds the evaluated weights (:attr:`Trainables.evaluated`: with an EMA its average, which
+        the next stage, the package and prediction read); with an EMA, ``raw_model`` holds the weights the
+        optimizer steps (what a resume continues training). ``partial_epoch``: how far the epoch after
+        :attr:`epoch` got (a run stopped mid-epoch).
         """
         checkpoint = {
-            **meta, "model": parts.model.state_dict(), "loss": parts.loss_fn.state_dict(),
+            **meta, "model": parts.evaluated.state_dict(), "loss": parts.loss_fn.state_dict(),
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
             "scaler": parts.scaler.state_dict(), "rng": capture_rng_state(), "epoch": self.epoch,
             "global_step": self.global_step, "total_steps": total_steps, "monitor": monitor,
@@ -160,6 +170,8 @@ class TrainState:
             "history": self.history, "steps": self.steps, "finished": finished,
             "stopped_early": self.stop_reason is not None,
         }
+        if parts.ema is not None:
+            checkpoint["raw_model"] = parts.model.state_dict()
         if partial_epoch is not None:
             checkpoint["partial_epoch"] = partial_epoch.to_checkpoint()
         return checkpoint
@@ -171,7 +183,14 @@ class TrainState:
         After a run stopped mid-epoch the RNG states are restored later, once that epoch's trained
         batches were drawn again (:attr:`EpochProgress.rng`).
         """
-        parts.model.load_state_dict(checkpoint["model"])
+        raw = checkpoint.get("raw_model")
+        if (raw is None) != (parts.ema is None):
+            raise ValueError(f"the checkpoint was written {'without' if raw is None else 'with'} an EMA of the "
+                             f"weights, but this stage {'keeps' if parts.ema is not None else 'keeps none'}: set "
+                             "ema.enabled as it was, or resume: false to start the stage over")
+        parts.model.load_state_dict(checkpoint["model"] if raw is None else raw)
+        if parts.ema is not None:
+            parts.ema.module.load_state_dict(checkpoint["model"])
         parts.loss_fn.load_state_dict(checkpoint["loss"])
         parts.optimizer.load_state_dict(checkpoint["optimizer"])
         parts.scheduler.load_state_dict(checkpoint["scheduler"])
