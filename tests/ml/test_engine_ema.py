@@ -10,6 +10,7 @@ where the uninterrupted one ended (CPU).
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from defect_pipeline.ml.distributed import resolve_trainer
 from defect_pipeline.ml.engine import train, validate
 from defect_pipeline.ml.engine.ema import default_warmup_steps, ema_decay_at_step
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.stage import _engine_config
-from tests.ml.test_engine import META, LABELS, InterruptAfter, Squares, TinyNet, config, loaders, make_loss, run
+from defect_pipeline.ml.stage import _engine_config, _last_weights
+from defect_pipeline.ml.val_preview import PreviewingLogger
+from tests.ml.test_engine import LABELS, META, InterruptAfter, Squares, TinyNet, config, loaders, make_loss, run
+from tests.ml.test_val_preview import Recorder, _preview
 
 DECAY, WARMUP = 0.8, 4
 
@@ -91,8 +94,8 @@ def test_validation_measures_the_ema_which_equals_a_hand_computed_average(tmp_pa
     # the history's validation figures are the average's: those of the hand-made average, not the raw weights'
     net = TinyNet()
     net.load_state_dict(manual)
-    by_hand = validate(net, make_loss("fixed"), DataLoader(FixedSquares(9, 2), batch_size=4), MultitaskMetrics(LABELS, "multiclass"), device="cpu",
-                       precision="fp32", step=12, total_steps=12)
+    by_hand = validate(net, make_loss("fixed"), DataLoader(FixedSquares(9, 2), batch_size=4),
+                       MultitaskMetrics(LABELS, "multiclass"), device="cpu", precision="fp32", step=12, total_steps=12)
     assert ema.history[-1]["val_loss"] == pytest.approx(by_hand["val_loss"], rel=1e-6)
     assert ema.history[-1]["val_combined_score"] == pytest.approx(by_hand["val_combined_score"], rel=1e-6)
     for ema_row, raw_row in zip(ema.history, raw.history, strict=True):
@@ -140,3 +143,18 @@ def test_the_stage_block_turns_ema_into_engine_settings() -> None:
     assert (explicit.ema_decay, explicit.ema_warmup_steps) == (0.999, 0)
     with pytest.raises(ValueError, match="decay"):
         StageParams(ema={"enabled": True, "decay": 1.0})
+
+
+def test_previews_of_an_ema_stage_draw_the_average_from_last_pt(tmp_path: Path) -> None:
+    """The stage's previews draw what validation measured: ``last.pt``'s ``model`` (the average), loaded into
+    the preview's own network (the stage gives it a copy, so the trained network is not touched)."""
+    run(tmp_path, config(epochs=2, ema_decay=DECAY, ema_warmup_steps=WARMUP))
+    torch.manual_seed(5)
+    drawn = TinyNet()
+    recorder = Recorder()
+    logger = PreviewingLogger(recorder, _preview(drawn), every_n_epochs=1, stage="stage2",
+                              weights=functools.partial(_last_weights, CheckpointStore(str(tmp_path))))
+    logger.log_epoch(2, 12, {"val_loss": 1.0})
+    assert list(recorder.figures) == ["val_preview_epoch2.png"]
+    average = safe_torch_load(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(value, average[key]) for key, value in drawn.state_dict().items())
