@@ -10,7 +10,7 @@ from (``init_from``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -183,7 +183,9 @@ class StageParams(StrictModel):
 
     init_from: str = Field("scratch", description="scratch | stage1 | stage2 | path to a checkpoint file")
     freeze_backbone: bool = False
-    epochs: int = Field(3, ge=1)
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        3, description="the stage's length in epochs; auto (with time_budget_s): as long as the time budget, the "
+                       "LR and loss-weight schedules spanning it")
     batch_size: int = Field(16, ge=1)
     accumulate_grad_batches: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0.0, description="learning rate of the decoder and heads")
@@ -215,7 +217,8 @@ class StageParams(StrictModel):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     ema: EmaParams = EmaParams()
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that reaches this many "
-                                                                "seconds of training (null: no limit)")
+                                                                "seconds of training (null: no limit); with "
+                                                                "epochs: auto, the stage's length")
     preview_every_n_epochs: int = Field(
         5, ge=0, description="draw the model's predictions on a fixed handful of validation images every N epochs "
                              "and when the stage ends (data/08_reporting/<stage>/val_preview_epoch<N>.png, "
@@ -253,6 +256,13 @@ class StageParams(StrictModel):
             if owner != self.scheduler and value is not None and value != type(self).model_fields[key].default:
                 raise ValueError(f"{key} applies to scheduler: {owner} only, but scheduler is {self.scheduler}: set "
                                  f"scheduler: {owner}, or remove {key}")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_epochs_need_a_budget(self) -> StageParams:
+        if self.epochs == "auto" and self.time_budget_s is None and self.max_steps is None:
+            raise ValueError("epochs: auto makes the stage as long as its time budget: set time_budget_s (seconds, "
+                             "e.g. 1800), or give epochs (a number) or max_steps")
         return self
 
     @model_validator(mode="after")

@@ -136,6 +136,8 @@ def scaled(factor: float, *, low: float | None = None, high: float | None = None
     """A rule multiplying a number by ``factor`` (an int stays an int, a float keeps two significant
     digits), kept within ``[low, high]``."""
     def rule(value: Any) -> Any:
+        if isinstance(value, str):  # auto (epochs: auto): nothing to scale
+            return None
         if isinstance(value, int) and not isinstance(value, bool):
             new: float = round(value * factor)
         else:

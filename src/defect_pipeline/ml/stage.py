@@ -250,7 +250,8 @@ def _loss(stage: StageParams, labels: LabelSpace, seg_mode: str, train_set: Mani
 def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfig:
     s, stop = stage, stage.early_stopping
     return EngineConfig(
-        epochs=s.epochs, lr=s.lr, backbone_lr=s.backbone_lr or s.lr, weight_decay=s.weight_decay,
+        epochs=None if s.epochs == "auto" else s.epochs,  # auto: as long as time_budget_s
+        lr=s.lr, backbone_lr=s.backbone_lr or s.lr, weight_decay=s.weight_decay,
         warmup_epochs=s.warmup_epochs, warmup_lr_ratio=s.warmup_lr_ratio, eta_min_ratio=s.eta_min_ratio,
         scheduler=s.scheduler, restart_epochs=s.restart_epochs, restart_mult=s.restart_mult,
         step_epochs=s.step_epochs, step_gamma=s.step_gamma,
@@ -343,6 +344,7 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
         "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs_run": result.epochs_run,
         "global_step": result.global_step,
         "total_steps": result.total_steps, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+        "time_budget_estimates": result.budget_estimates,
         "already_finished": result.already_finished, "resumed_from_epoch": result.resumed_from_epoch,
         "best_checkpoint": str(store.best_path), "last_checkpoint": str(store.last_path),
         "parameters": count_parameters(plan.job.model), "labels": plan.labels.to_dict(),

@@ -14,6 +14,9 @@ always) → log. A stage lasts ``epochs`` epochs or ``max_steps`` optimizer step
   ``val_every_n_steps`` steps), ``end_epoch``, step checkpoints (``checkpoint_every_n_steps``);
 - ``start``: :func:`build_optimizer` and the trainables; the state a stage starts from (fresh,
   its ``last.pt`` resumed — a copied ``step_<N>.pt`` included —, or already finished);
+- ``setup``: ``TrainingSetup``, what stays fixed while a stage trains (its length aside, with a time budget);
+- ``budget``: ``epochs: auto`` — the step timer and the estimate of how many steps fill ``time_budget_s``;
+- ``ema``: the EMA of the weights (timm's ``ModelEmaV3``) that validation, checkpoints and packages use;
 - ``validation``: :func:`validate`, the validation pass;
 - ``state``: ``TrainState``, everything the loop changes, and its checkpoint round trip;
 - ``stop_signal``: Ctrl-C / SIGTERM handling (stop at the next optimizer step, saving ``last``);

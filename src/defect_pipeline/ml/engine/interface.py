@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from defect_pipeline.ml.engine.budget import PROVISIONAL_STEPS
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ class NullLogger:
 class EngineConfig:
     """Everything the loop needs, resolved (no "auto" left)."""
 
-    epochs: int
+    epochs: int | None  # None: the stage is as long as time_budget_s (ml/engine/budget.py)
     lr: float
     backbone_lr: float
     weight_decay: float
@@ -89,7 +91,7 @@ class EngineConfig:
     max_batches_per_epoch: int | None = None
     resume: bool = True
     progress: bool = True
-    time_budget_s: float | None = None  # stop after the validation that reaches it (equal-budget comparisons)
+    time_budget_s: float | None = None  # stop after the validation that reaches it; epochs None: the length
     max_steps: int | None = None  # the stage's length in optimizer steps, instead of epochs
     val_every_n_steps: int | None = None  # validate after every N-th step and the last (None: once per epoch)
     checkpoint_every_n_steps: int | None = None  # write step_<N>.pt after every N-th optimizer step
@@ -97,23 +99,40 @@ class EngineConfig:
     ema_decay: float | None = None  # validate, checkpoint and package an EMA of the weights (None: the weights)
     ema_warmup_steps: int = 0  # the EMA's averaging window grows to its full length over these steps
 
+    def __post_init__(self) -> None:
+        if self.spans_budget and self.time_budget_s is None:
+            raise ValueError("epochs: auto takes the stage's length from its time budget: set time_budget_s "
+                             "(seconds), or give epochs or max_steps")
+
+    @property
+    def spans_budget(self) -> bool:
+        """The stage is as long as ``time_budget_s``: no ``epochs`` (auto) and no ``max_steps``."""
+        return self.epochs is None and self.max_steps is None
+
     def total_steps(self, steps_per_epoch: int) -> int:
-        """The stage's length in optimizer steps: ``max_steps``, else ``epochs x steps_per_epoch``."""
-        return self.max_steps if self.max_steps is not None else steps_per_epoch * self.epochs
+        """The stage's length in optimizer steps: ``max_steps``, else ``epochs x steps_per_epoch`` (spanning the
+        time budget: a provisional length until the engine estimated it)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return PROVISIONAL_STEPS if self.epochs is None else steps_per_epoch * self.epochs
 
     def epochs_to_run(self, steps_per_epoch: int) -> int:
         """Epochs the stage runs: ``epochs``, or with ``max_steps`` as many as its steps reach (the last one
         ends at step ``max_steps``, possibly before its last batch)."""
         return math.ceil(self.total_steps(steps_per_epoch) / steps_per_epoch)
 
-    def lr_schedule(self, steps_per_epoch: int) -> dict[str, Any]:
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        return round(self.warmup_epochs * steps_per_epoch)
+
+    def lr_schedule(self, steps_per_epoch: int, total_steps: int | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`~defect_pipeline.ml.schedules.create_scheduler`: lengths in epochs
         turned into optimizer steps (``steps_per_epoch`` of them per epoch; a cycle or decay interval is at
-        least one step); the schedule spans :meth:`total_steps`."""
+        least one step); the schedule spans ``total_steps`` (default :meth:`total_steps`)."""
         def in_steps(epochs: float | None) -> int | None:
             return None if epochs is None else max(1, round(epochs * steps_per_epoch))
 
-        total, warmup = self.total_steps(steps_per_epoch), round(self.warmup_epochs * steps_per_epoch)
+        total = self.total_steps(steps_per_epoch) if total_steps is None else total_steps
+        warmup = self.warmup_steps(steps_per_epoch)
         if warmup > total:
             length = f"max_steps {self.max_steps}" if self.max_steps is not None else f"epochs {self.epochs}"
             raise ValueError(f"warmup_epochs {self.warmup_epochs} is {warmup} optimizer steps ({steps_per_epoch} per "
@@ -143,3 +162,4 @@ class TrainResult:
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
     stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stopped before the last step
     best_step: int | None = None  # the optimizer step of the best history row
+    budget_estimates: list[dict[str, Any]] = field(default_factory=list)  # epochs auto: the lengths estimated

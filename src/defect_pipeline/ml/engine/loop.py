@@ -9,7 +9,8 @@ does) and :func:`end_epoch`. A validation (:func:`record_validation`: validate (
 one) → history row →
 early stopping and time budget → checkpoints ``best``/``last`` → log) runs once per epoch by
 default, or every ``val_every_n_steps`` optimizer steps and after the last. The stage ends after
-``epochs`` epochs or at step ``max_steps``. What changes on the way is one
+``epochs`` epochs or at step ``max_steps`` — or, with ``epochs`` None (``auto``), at the step that
+:mod:`~defect_pipeline.ml.engine.budget` estimates fills ``time_budget_s``. What changes on the way is one
 :class:`~defect_pipeline.ml.engine.state.TrainState`; what stays fixed is one :class:`TrainingSetup`.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import torch
@@ -44,7 +45,8 @@ from defect_pipeline.ml.engine.start import (
     remove_stale_temp_files,
     resume_state,
 )
-from defect_pipeline.ml.engine.state import EpochProgress, Trainables, TrainState
+from defect_pipeline.ml.engine.setup import TrainingSetup, follow_budget, start_budget
+from defect_pipeline.ml.engine.state import EpochProgress, TrainState
 from defect_pipeline.ml.engine.stop_signal import StopRequest
 from defect_pipeline.ml.engine.validation import limit_batches, validate
 from defect_pipeline.ml.memory import peak_rss_mb
@@ -54,30 +56,10 @@ from defect_pipeline.ml.schedules import dropout_at_step
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainingSetup:
-    """What stays fixed during one :func:`train` call: what is trained, on which data, where results go."""
-
-    parts: Trainables
-    trained: nn.Module  # parts.model as the forward pass sees it (several processes: its DDP wrapper)
-    train_loader: Any
-    val_loader: Any
-    metrics: MultitaskMetrics
-    config: EngineConfig
-    store: CheckpointStore
-    meta: dict[str, Any]
-    log: TrainingLogger
-    processes: Processes
-    batches: int  # per epoch
-    total_steps: int  # the stage's length in optimizer steps (max_steps, or epochs x steps per epoch)
-    epochs: int  # epochs the stage runs (with max_steps: as many as its steps reach)
-    monitor: str  # the history column early stopping and ``best`` follow
-    run_started: float = field(default_factory=time.perf_counter)
-
-
 def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, metrics: MultitaskMetrics,
           config: EngineConfig, store: CheckpointStore, meta: dict[str, Any],
-          training_logger: TrainingLogger | None = None, processes: Processes | None = None) -> TrainResult:
+          training_logger: TrainingLogger | None = None, processes: Processes | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Train one stage, resuming from ``store``'s ``last`` checkpoint when there is one.
 
     Args:
@@ -94,6 +76,7 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
         processes: the process group this rank belongs to (default: this process alone). Every
             rank must call ``train`` with the same arguments; ``store`` must be the same folder
             for all (a shared file system across nodes).
+        clock: seconds, monotonic: what the time budget is measured with (tests inject a fake one).
     """
     processes = processes or SingleProcess(config.device)
     monitor = config.monitor if config.monitor.startswith("val_") else f"val_{config.monitor}"
@@ -110,20 +93,23 @@ def train(model: nn.Module, loss_fn: nn.Module, train_loader, val_loader, *, met
     # DDP wraps after the weights are restored: it broadcasts rank 0's weights to every rank
     setup = TrainingSetup(parts, processes.wrap(model), train_loader, val_loader, metrics, config, store, meta,
                           training_logger or NullLogger(), processes, batches, config.total_steps(steps_per_epoch),
-                          config.epochs_to_run(steps_per_epoch), monitor)
+                          config.epochs_to_run(steps_per_epoch), monitor, clock)
+    if config.spans_budget:  # epochs auto: the stage's length comes from time_budget_s
+        setup.budget = start_budget(setup, state)
     if config.max_steps is not None:
-        logger.info("%s: max_steps %d replaces epochs (%d): %d epoch(s) of %d optimizer steps", meta.get("stage"),
+        logger.info("%s: max_steps %d replaces epochs (%s): %d epoch(s) of %d optimizer steps", meta.get("stage"),
                     config.max_steps, config.epochs, setup.epochs, steps_per_epoch)
     with StopRequest(enabled=processes.world_size == 1) as stop:
         for epoch in range(state.epoch + 1, setup.epochs + 1):
             progress = train_epoch(setup, state, epoch, stop)  # phases 1-4 batch by batch (+ 5-7 every N steps)
             if not progress.closed:
                 end_epoch(setup, state, progress, stop)  # phases 5-7 (or, validating every N steps, carry on)
-            if state.stop_reason is not None:
+            if state.stop_reason is not None or state.global_step >= setup.total_steps:
                 break
     return TrainResult(state.history, state.best, state.best_epoch, state.epoch, state.global_step,
                        setup.total_steps, state.stop_reason is not None, resumed_from_epoch=state.resumed_from,
-                       steps=state.steps, stop_reason=state.stop_reason, best_step=state.best_step)
+                       steps=state.steps, stop_reason=state.stop_reason, best_step=state.best_step,
+                       budget_estimates=state.budget)
 
 
 def train_epoch(setup: TrainingSetup, state: TrainState, epoch: int, stop: StopRequest) -> EpochProgress:
@@ -168,8 +154,11 @@ def train_epoch(setup: TrainingSetup, state: TrainState, epoch: int, stop: StopR
 
 def _after_step(setup: TrainingSetup, state: TrainState, progress: EpochProgress, stop: StopRequest, *,
                 last_batch: bool) -> None:
-    """What follows optimizer step ``state.global_step``: a validation every ``val_every_n_steps`` steps and
-    after the stage's last (phases 5-7), ``step_<N>.pt`` every ``checkpoint_every_n_steps`` steps."""
+    """What follows optimizer step ``state.global_step``: with a time budget as length, its estimate when due;
+    a validation every ``val_every_n_steps`` steps and after the stage's last (phases 5-7), ``step_<N>.pt``
+    every ``checkpoint_every_n_steps`` steps."""
+    if setup.budget is not None and setup.budget.step_ended():
+        follow_budget(setup, state)
     config, step = setup.config, state.global_step
     if config.val_every_n_steps is not None and (step % config.val_every_n_steps == 0 or step >= setup.total_steps):
         record_validation(setup, state, progress, stop, epoch_over=last_batch or step >= setup.total_steps)
@@ -248,6 +237,7 @@ def record_validation(setup: TrainingSetup, state: TrainState, progress: EpochPr
     (``last`` then holds this point).
     """
     config, epoch, parts = setup.config, progress.epoch, setup.parts
+    validation_started = setup.clock()
     progress.train_seconds = time.perf_counter() - progress.started
     _sum_over_ranks(progress, setup.processes)
     val = validate(parts.evaluated, parts.loss_fn, setup.val_loader, setup.metrics, device=config.device,
@@ -279,6 +269,8 @@ def record_validation(setup: TrainingSetup, state: TrainState, progress: EpochPr
         setup.log.log_epoch(epoch, state.global_step, row)
     progress.steps_logged = len(progress.steps)
     setup.processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
+    if setup.budget is not None:
+        setup.budget.validation_took(setup.clock() - validation_started)
     if stop.requested:  # signalled during validation or the checkpoint: last.pt is this point
         message = (f"stopped by signal {stop.requested} after epoch {epoch}'s validation at step "
                    f"{state.global_step}: {setup.store.last_path} holds this point; run the stage again to continue")
@@ -350,8 +342,8 @@ def _stop_reason(setup: TrainingSetup, state: TrainState) -> str | None:
         return None
     if state.bad_epochs >= config.patience:
         return "early_stopping"
-    if config.time_budget_s is not None and setup.processes.broadcast(
-            time.perf_counter() - setup.run_started >= config.time_budget_s):  # all ranks stop together
+    if config.time_budget_s is not None and not config.spans_budget and setup.processes.broadcast(
+            setup.clock() - setup.run_started >= config.time_budget_s):  # all ranks stop together
         return "time_budget"
     return None
 

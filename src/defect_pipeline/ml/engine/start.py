@@ -13,6 +13,7 @@ the log (they are replaced as the run reaches their steps again).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible
 from defect_pipeline.ml.engine.ema import WeightAverage
 from defect_pipeline.ml.engine.interface import EngineConfig, TrainResult
 from defect_pipeline.ml.engine.state import Trainables, TrainState
-from defect_pipeline.ml.schedules import create_scheduler
+from defect_pipeline.ml.schedules import create_scheduler, lr_multiplier
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ def build_trainables(model: nn.Module, loss_fn: nn.Module, config: EngineConfig,
     return Trainables(model, loss_fn, optimizer, scheduler, scaler, ema)
 
 
+def resize_schedule(parts: Trainables, schedule: dict[str, Any], step: int) -> None:
+    """Give the LR schedule the shape ``schedule`` (:meth:`EngineConfig.lr_schedule`'s keywords, e.g. a new
+    ``total_steps``) from optimizer step ``step`` on: the next update already uses its learning rate."""
+    multiplier = functools.partial(lr_multiplier, **schedule)
+    scheduler = parts.scheduler
+    scheduler.lr_lambdas = [multiplier] * len(parts.optimizer.param_groups)
+    for group, base in zip(parts.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * multiplier(step)
+    scheduler._last_lr = [group["lr"] for group in parts.optimizer.param_groups]  # what get_last_lr() returns
+
+
 def remove_stale_temp_files(store: CheckpointStore) -> None:
     """Delete (and name in the log) the temp files an interrupted checkpoint write left in ``store``."""
     stale = store.remove_stale_temp_files()
@@ -93,7 +105,8 @@ def already_finished(checkpoint: dict[str, Any], meta: dict[str, Any], monitor: 
                        checkpoint["epoch"], checkpoint["global_step"], checkpoint["total_steps"],
                        bool(checkpoint.get("stopped_early")), already_finished=True,
                        summary=dict(checkpoint.get("summary", {})), steps=list(checkpoint.get("steps", [])),
-                       best_step=checkpoint.get("best_step"))
+                       best_step=checkpoint.get("best_step"),
+                       budget_estimates=list(checkpoint.get("budget_estimates", [])))
 
 
 def resume_state(checkpoint: dict[str, Any], parts: Trainables, meta: dict[str, Any], store: CheckpointStore,
@@ -104,7 +117,8 @@ def resume_state(checkpoint: dict[str, Any], parts: Trainables, meta: dict[str, 
     logger.info("resuming stage %s from %s (step %d: epoch %d%s; the stage is %s)", meta.get("stage"),
                 store.last_path, state.global_step, state.epoch,
                 f", then {partial.batches_done} batches of epoch {partial.epoch}" if partial else "",
-                f"{config.max_steps} steps" if config.max_steps is not None else f"{config.epochs} epochs")
+                f"{config.max_steps} steps" if config.max_steps is not None else f"{config.epochs} epochs"
+                if config.epochs is not None else f"as long as its time budget, {config.time_budget_s:.0f} s")
     later = [path.name for step, path in store.step_files() if step > state.global_step]
     if later:
         logger.warning("%s holds step %d, but %s come from a run that went past it: this run continues from step "

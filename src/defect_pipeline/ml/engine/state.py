@@ -135,6 +135,7 @@ class TrainState:
     resumed_from: int | None = None  # the epoch the checkpoint this run resumed from had finished
     stop_reason: str | None = None  # "early_stopping" or "time_budget" when it stops before the last step
     carried: EpochProgress | None = None  # an epoch that ended between two validations: its period goes on
+    budget: list[dict[str, Any]] = field(default_factory=list)  # epochs auto: the stage lengths estimated so far
 
     def start_epoch(self, epoch: int) -> EpochProgress:
         """The progress of epoch ``epoch`` from here: the interrupted one continued, one that carries on the
@@ -168,7 +169,7 @@ class TrainState:
             "best_metric": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,
             "bad_epochs": self.bad_epochs,
             "history": self.history, "steps": self.steps, "finished": finished,
-            "stopped_early": self.stop_reason is not None,
+            "stopped_early": self.stop_reason is not None, "budget_estimates": self.budget,
         }
         if parts.ema is not None:
             checkpoint["raw_model"] = parts.model.state_dict()
@@ -202,4 +203,5 @@ class TrainState:
                    best=checkpoint.get("best_metric"), best_epoch=checkpoint.get("best_epoch"),
                    best_step=checkpoint.get("best_step"), bad_epochs=checkpoint.get("bad_epochs", 0), history=list(checkpoint["history"]),
                    steps=list(checkpoint.get("steps", [])), resumed_from=checkpoint["epoch"],
+                   budget=list(checkpoint.get("budget_estimates", [])),
                    partial=None if partial is None else EpochProgress.from_checkpoint(partial, checkpoint["rng"]))
