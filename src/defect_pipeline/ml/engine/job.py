@@ -21,6 +21,7 @@ from defect_pipeline.ml.distributed import Processes
 from defect_pipeline.ml.engine.interface import EngineConfig, TrainingLogger, TrainResult
 from defect_pipeline.ml.engine.loop import train
 from defect_pipeline.ml.metrics import MultitaskMetrics
+from defect_pipeline.ml.sampling import BalancedSampler
 
 
 @dataclass
@@ -39,10 +40,12 @@ class TrainingJob:
     num_workers: int = 0
     training_logger: TrainingLogger | None = None
     cpu_threads: int | None = None
+    sample_weights: list[float] | None = None  # per training sample: class-balanced sampling (None: shuffle)
 
 
 def run_training_job(processes: Processes, job: TrainingJob) -> TrainResult:
-    """Build this rank's data loaders (a shard of the data per rank) and :func:`train`.
+    """Build this rank's data loaders (a shard of the data per rank, or a class-balanced draw when the job
+    has ``sample_weights``) and :func:`train`.
 
     The function :func:`defect_pipeline.ml.distributed.launch` runs on every process.
     """
@@ -52,9 +55,12 @@ def run_training_job(processes: Processes, job: TrainingJob) -> TrainResult:
     if processes.world_size > 1:
         config = dataclasses.replace(config, device=str(processes.device))
     per_rank = math.ceil(len(job.train_set) / processes.world_size)
+    sampler = (processes.train_sampler(job.train_set, config.seed) if job.sample_weights is None else
+               BalancedSampler(job.sample_weights, seed=config.seed, rank=processes.rank,
+                               world_size=processes.world_size))
     train_loader = create_dataloader(job.train_set, batch_size=job.batch_size, shuffle=True,
                                      num_workers=job.num_workers, seed=config.seed, drop_last=per_rank > job.batch_size,
-                                     sampler=processes.train_sampler(job.train_set, config.seed))
+                                     sampler=sampler)
     val_loader = create_dataloader(job.val_set, batch_size=job.batch_size, shuffle=False, num_workers=job.num_workers,
                                    seed=config.seed, sampler=processes.eval_sampler(job.val_set))
     return train(job.model, job.loss_fn, train_loader, val_loader, metrics=job.metrics, config=config,
