@@ -217,3 +217,29 @@ def test_dynamic_loss_weights_follow_the_recipe_segmentation_first() -> None:
         shipped = validate_parameters({"stage2": _merged_stage(env, "stage2")})["stage2"].loss
         assert (shipped.weighting, shipped.alpha_start, shipped.alpha_end, shipped.beta_start, shipped.beta_end) == \
             ("dynamic", 0.5, 1.0, 1.0, 0.3), env
+
+
+@pytest.mark.parametrize(("blocks", "fragment"), [
+    ({"model": {"image_size": "big"}}, "model.image_size: Value error, must be 'auto' or a whole number from 16 to 4096"),
+    ({"model": {"image_size": 8}}, "model.image_size"),
+    ({"stage2": {"batch_size": 0}}, "stage2.batch_size: Value error, must be 'auto' or a whole number of at least 1"),
+    ({"stage2": {"epochs": 2.5}}, "stage2.epochs"),
+    ({"stage2": {"sampler": "balnced"}}, "stage2.sampler: Input should be 'auto', 'uniform' or 'balanced'"),
+    ({"stage2": {"loss": {"class_weights": "inverse"}}}, "stage2.loss.class_weights"),
+])
+def test_auto_settings_take_auto_or_a_valid_value(blocks: dict, fragment: str) -> None:
+    with pytest.raises(ParameterError) as error:
+        validate_parameters(blocks)
+    assert fragment in str(error.value)
+
+
+def test_auto_settings_are_accepted_and_the_imbalance_handling_defaults_to_auto() -> None:
+    """Before ``auto`` settings, ``image_size: auto`` and ``batch_size: auto`` were refused."""
+    validated = validate_parameters({"model": {"image_size": "auto"},
+                                     "stage2": {"batch_size": "auto", "epochs": "auto", "sampler": "balanced"},
+                                     "stage3": {"batch_size": 8, "epochs": 4}})
+    assert validated["model"].image_size == "auto"
+    assert (validated["stage2"].batch_size, validated["stage2"].epochs, validated["stage2"].sampler) == (
+        "auto", "auto", "balanced")
+    assert (validated["stage3"].batch_size, validated["stage3"].epochs, validated["stage3"].sampler) == (8, 4, "auto")
+    assert validated["stage3"].loss.class_weights == "auto"

@@ -30,7 +30,8 @@ from defect_pipeline.config import (
 )
 from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.ml.checkpoint import CheckpointStore
-from defect_pipeline.ml.stage import build_training_job, plan_input, run_stage
+from defect_pipeline.ml.distributed import resolve_trainer
+from defect_pipeline.ml.stage import build_training_job, plan_input, resolve_model_auto, run_stage
 from defect_pipeline.pipelines.data import nodes
 from tests.conftest import REPO_ROOT
 
@@ -38,9 +39,10 @@ TINY_MODEL = {"backbone": "resnet18", "image_size": 64, "decoder_channels": 32}
 pytestmark = pytest.mark.filterwarnings("ignore:.*random initialisation:UserWarning")
 
 
-def _demo(root: Path, image_size: int) -> tuple[str, pd.DataFrame, list[str]]:
+def _demo(root: Path, image_size: int, *, per_class: int = 3, good_images: int = 3
+          ) -> tuple[str, pd.DataFrame, list[str]]:
     """The demo dataset (3 images per class + 3 good) through organize → check → masks → split."""
-    write_demo_dataset(root, DemoSpec(images_per_class=3, good_images=3, image_size=image_size))
+    write_demo_dataset(root, DemoSpec(images_per_class=per_class, good_images=good_images, image_size=image_size))
     params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
     raw_source = {"source": "user", "raw_root": str(root)}
     manifest, scan_summary = nodes.organize(raw_source, params)
@@ -110,6 +112,8 @@ def test_the_default_demo_run_stays_on_resize(tmp_path: Path) -> None:
     model = ModelParams.model_validate(base["parameters_training.yml"]["model"])
     demo_size = base["parameters_data.yml"]["data"]["demo"]["image_size"]
     _, manifest, _ = _demo(tmp_path / "raw", demo_size)
+    model, _ = resolve_model_auto(manifest, model, settings=resolve_trainer(**TrainerParams().model_dump()),
+                                  good_label="good")  # conf/base: model.image_size auto
     plan = plan_input(manifest, model)
     assert model.input_mode == "auto"
     assert (plan.mode, plan.shrink) == ("resize", 1.0) and "does not shrink" in plan.reason

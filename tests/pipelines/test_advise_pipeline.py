@@ -26,10 +26,14 @@ def test_advise_writes_the_advice_next_to_the_configuration_and_changes_nothing(
     assert conf_before == {p: p.read_bytes() for p in (project / "conf").rglob("*.yml")}
 
 
-def test_every_stage_logs_the_advice_when_it_starts(tiny_default_run: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_every_stage_logs_what_its_settings_resolved_to(tiny_default_run: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The advice is applied where a setting says ``auto`` (the sampler here), explicit values are kept (TINY's
+    image size), and the stage logs which is which."""
     project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
     with caplog.at_level(logging.INFO, logger="defect_pipeline.ml.stage"):
         run_kedro(project, "stage1", params={**TINY, "stage1": {**TINY["stage1"], "resume": False}})
-    assert any("recipe advice for" in r.getMessage() and "not applied" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("stage1: stage1.sampler = uniform (auto: ") for m in messages)
+    assert "stage1: model.image_size = 64 (set explicitly)" in messages

@@ -117,3 +117,32 @@ def test_a_run_records_its_machine_and_the_best_checkpoints_step(tmp_path: Path,
     finally:
         mlflow.set_tracking_uri(previous)
     assert metrics["best_step"] == 100 and metrics["best_epoch"] == 1
+
+
+def test_the_stage_run_is_tagged_with_what_each_auto_setting_resolved_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto.*`` tags (value and reason) for settings asked as ``auto``, none for explicit ones. Failed before
+    ``auto`` settings existed (no such tag)."""
+    import mlflow
+
+    from defect_pipeline.ml.plan import AUTO, Machine, fingerprint, plan_stage
+    from defect_pipeline.tracking.runs import log_stage_result
+    from tests.ml.test_plan import manifest
+
+    plan = plan_stage(fingerprint(manifest({"good": 300, "crack": 20})), Machine("cpu", 2, 2**33),
+                      stage_name="stage2", stride=32, backbone="convnext_atto",
+                      requested={"image_size": AUTO, "batch_size": 8, "epochs": AUTO, "sampler": AUTO,
+                                 "class_weights": AUTO})
+    previous, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("auto_tags")
+        with mlflow.start_run() as active:
+            log_stage_result({"auto": plan.to_dict()})
+        tags = mlflow.MlflowClient().get_run(active.info.run_id).data.tags
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert tags["auto.model.image_size"] == "192" and "200 x 200" in tags["auto.model.image_size.reason"]
+    assert tags["auto.stage.sampler"] == "balanced" and tags["auto.stage.loss.class_weights"] == "none"
+    assert "auto.stage.epochs" in tags and "auto.stage.batch_size" not in tags  # 8 was set explicitly

@@ -12,11 +12,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
 
 from defect_pipeline.config.base import StrictModel
 
 STAGES = ("stage1", "stage2", "stage3")  # the training stages, in order: one StageParams block each
+
+
+def _auto_or_whole(minimum: int, maximum: int | None = None) -> PlainValidator:
+    """``auto`` (chosen from the data and the machine when a stage starts: ml/plan.py, docs/training.md) or a
+    whole number within the bounds, with one error message naming both."""
+    def check(value: Any) -> int | str:
+        if value == "auto":
+            return value
+        try:
+            number = int(value)
+            whole = not isinstance(value, bool) and float(value) == number
+        except (TypeError, ValueError):
+            whole = False
+        if not whole or number < minimum or (maximum is not None and number > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise ValueError(f"must be 'auto' or a whole number {bound}")
+        return number
+    return PlainValidator(check)
+
+
 
 
 class CropParams(StrictModel):
@@ -39,7 +59,8 @@ class ModelParams(StrictModel):
     ``input_mode``: ``resize`` squashes each whole image to ``image_size x image_size``; ``crop``
     trains on ``image_size x image_size`` crops at the ``crop.scale`` of the image (for large images
     with small defects; prediction then slides a window over the image); ``auto`` chooses from the
-    image and defect sizes in the manifest (docs/training.md).
+    image and defect sizes in the manifest (docs/training.md). ``image_size: auto`` is chosen from
+    the median image size when a stage starts (docs/training.md, "Settings chosen from the data").
     """
 
     backbone: str = "convnext_atto"
@@ -48,7 +69,8 @@ class ModelParams(StrictModel):
     pretrained: bool = False
     checkpoint_path: str | None = Field(None, description="local backbone weights (.safetensors or state dict)")
     seg_mode: Literal["multiclass", "binary"] = "multiclass"
-    image_size: int = Field(96, ge=16, le=4096, description="network input side: the resized image or the crop")
+    image_size: Annotated[int | Literal["auto"], _auto_or_whole(16, 4096)] = Field(
+        96, description="network input side: the resized image or the crop; auto = from the median image size")
     input_mode: Literal["auto", "resize", "crop"] = Field(
         "auto", description="auto: crop for images much larger than image_size or with tiny defects, else resize")
     crop: CropParams = CropParams()
@@ -136,7 +158,8 @@ class LossParams(StrictModel):
     beta_end: float = Field(0.3, ge=0.0, description="segmentation weight at its last step (dynamic)")
     ce_weight: float = Field(1.0, ge=0.0, description="segmentation CE/BCE term")
     dice_weight: float = Field(1.0, ge=0.0, description="segmentation Dice term")
-    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    class_weights: Literal["auto", "none", "balanced"] | list[float] = Field(
+        "auto", description="auto = balanced for imbalanced classes unless the sampler already balances them")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
@@ -179,14 +202,20 @@ class StageParams(StrictModel):
     optimizer steps instead of ``epochs``; ``val_every_n_steps`` validates (history row, early
     stopping, ``best``/``last``) every N steps instead of once per epoch;
     ``checkpoint_every_n_steps`` writes numbered ``step_<N>.pt`` files, the newest ``keep_last_n`` kept.
+    ``epochs``, ``batch_size``, ``sampler`` and ``loss.class_weights`` may be ``auto``: chosen from the
+    data and the machine when the stage starts (docs/training.md, "Settings chosen from the data").
     """
 
     init_from: str = Field("scratch", description="scratch | stage1 | stage2 | path to a checkpoint file")
     freeze_backbone: bool = False
-    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        3, description="the stage's length in epochs; auto (with time_budget_s): as long as the time budget, the "
-                       "LR and loss-weight schedules spanning it")
-    batch_size: int = Field(16, ge=1)
+    epochs: Annotated[int | Literal["auto"], _auto_or_whole(1)] = Field(
+        3, description="auto = from a target number of optimizer steps; with time_budget_s: as long as the budget, "
+                       "the LR and loss-weight schedules spanning it")
+    batch_size: Annotated[int | Literal["auto"], _auto_or_whole(1)] = Field(
+        16, description="per process; auto = from the data size, the device and its memory")
+    sampler: Literal["auto", "uniform", "balanced"] = Field(
+        "auto", description="training image order: uniform shuffle, or balanced (probability 1/sqrt(class count)); "
+                            "auto = balanced for imbalanced image classes")
     accumulate_grad_batches: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0.0, description="learning rate of the decoder and heads")
     backbone_lr: float | None = Field(None, gt=0.0, description="null = lr")
@@ -256,13 +285,6 @@ class StageParams(StrictModel):
             if owner != self.scheduler and value is not None and value != type(self).model_fields[key].default:
                 raise ValueError(f"{key} applies to scheduler: {owner} only, but scheduler is {self.scheduler}: set "
                                  f"scheduler: {owner}, or remove {key}")
-        return self
-
-    @model_validator(mode="after")
-    def _auto_epochs_need_a_budget(self) -> StageParams:
-        if self.epochs == "auto" and self.time_budget_s is None and self.max_steps is None:
-            raise ValueError("epochs: auto makes the stage as long as its time budget: set time_budget_s (seconds, "
-                             "e.g. 1800), or give epochs (a number) or max_steps")
         return self
 
     @model_validator(mode="after")

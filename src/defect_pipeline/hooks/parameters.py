@@ -37,7 +37,8 @@ def check_model_block(model: ModelParams) -> None:
 
     try:
         check_model_config(model.backbone, decoder=model.decoder, decoder_channels=model.decoder_channels,
-                           image_size=model.image_size, seg_mode=model.seg_mode)
+                           image_size=None if model.image_size == "auto" else model.image_size,
+                           seg_mode=model.seg_mode)
     except ValueError as error:
         message = str(error)
         key = ("backbone" if "unknown backbone" in message else "image_size" if "image size" in message

@@ -3,8 +3,10 @@
 :func:`dataset_facts` reads the manifest (no image is opened): accepted training samples, class
 counts, image sizes, mask coverage. :func:`advise` applies the rules below and returns each
 recommendation with its reason; :func:`machine_advice` does both for the device training will use.
-Nothing here changes a configuration: ``kedro run --pipeline=advise`` writes the advice, and
-every training stage logs it when it starts.
+Nothing here changes a configuration: ``kedro run --pipeline=advise`` writes the advice. What a
+stage applies is :mod:`defect_pipeline.ml.plan`: settings written as ``auto`` (image size, batch,
+epochs, sampler, class weights) are resolved there, from these constants and estimates, when the
+stage starts.
 
 Rules (the reasons in the output quote them):
 
@@ -166,7 +168,9 @@ def render_advice_markdown(advice: dict[str, Any], current: dict[str, Any] | Non
             ("loss.class_weights", rec["class_weights"], current.get("class_weights"), reasons["class_weights"])]
     lines = [f"# Recipe advice ({facts['train_samples']} training samples, {facts['device']}, "
              f"{facts['free_memory_gib']} GiB free)", "",
-             "Advice only: the configuration is never changed by it.", "",
+             "Advice only: the configuration is never changed by it. Settings written as `auto` (image size, "
+             "batch, epochs, sampler, class weights) are chosen when each stage starts, by the rules of "
+             "docs/training.md; the stage logs them and tags its MLflow run with them.", "",
              "| setting | advice | current | why |", "|---|---|---|---|"]
     lines += [f"| {name} | {value} | {'–' if now is None else now} | {why} |" for name, value, now, why in rows]
     return "\n".join(lines) + "\n"

@@ -22,9 +22,10 @@ Rules (docs/training.md, "Settings chosen from the data"):
   estimated memory (the advice's estimate, :mod:`defect_pipeline.ml.advice`) fits 70 % of the
   free memory; at least 2.
 * ``stageN.epochs``: stage2 aims at about :data:`~defect_pipeline.ml.advice.STEPS_TARGET`
-  optimizer steps (15–100 epochs), stage1 a tenth (at least 2), stage3 a fifth (at least 2). A
-  ``time_budget_s`` ends the stage earlier when it is reached first (the stage length is the
-  smaller of the two); ``max_steps``, when set, replaces the epoch count.
+  optimizer steps (15–100 epochs), stage1 a tenth (at least 2), stage3 a fifth (at least 2). With a
+  ``time_budget_s`` the value stays ``auto``: the engine measures its step time and makes the stage
+  (and its LR and loss-weight schedules) as long as the budget; ``max_steps``, when set, replaces
+  the epoch count.
 * ``stageN.sampler``: ``balanced`` when the largest image class of the training split has more
   than :data:`~defect_pipeline.ml.advice.IMBALANCE_RATIO` times the images of the smallest, else
   ``uniform``. Balanced sampling draws each image with probability proportional to
@@ -232,6 +233,9 @@ def resolve_epochs(requested: int | str, fp: Fingerprint, machine: Machine, *, s
     key = f"{stage_name}.epochs"
     if not _requested(requested):
         return Resolved(key, int(requested), requested, f"{key}: {requested} (set explicitly)")
+    if time_budget_s is not None and max_steps is None:  # the engine sizes the stage (and its schedules) to the budget
+        return Resolved(key, AUTO, requested, f"as long as the time budget of {time_budget_s:g} s: the stage measures "
+                                              "its step time and the LR and loss-weight schedules span the budget")
     per_step = batch_size * accumulate * max(1, machine.world_size)
     steps_per_epoch = max(1, math.ceil(fp.train_samples / per_step))
     low, high = STAGE2_EPOCHS
@@ -241,8 +245,6 @@ def resolve_epochs(requested: int | str, fp: Fingerprint, machine: Machine, *, s
     share = {"stage1": "a tenth of stage2's", "stage3": "a fifth of stage2's"}.get(stage_name, "")
     reason = (f"{steps_per_epoch} optimizer steps per epoch: stage2 aims at about {STEPS_TARGET:,} steps "
               f"({low}–{high} epochs: {stage2})" + (f", {stage_name} {share} (at least {minimum})" if share else ""))
-    if time_budget_s is not None:
-        reason += f"; the time budget of {time_budget_s:g} s ends the stage earlier when reached first"
     if max_steps is not None:
         reason += f"; max_steps {max_steps} sets the length instead"
     return Resolved(key, epochs, requested, reason)

@@ -5,8 +5,10 @@
 :class:`~defect_pipeline.ml.engine.TrainingJob` every training process runs (network, loss,
 train/val datasets, engine settings, checkpoint store) and the resolved machine settings. It
 decides where the weights start (scratch, the previous stage's ``best``, a checkpoint file, or
-this stage's own ``last`` to resume), resolves ``model.input_mode`` (whole images resized, or crops:
-:mod:`defect_pipeline.ml.input_mode`) and logs the recipe advice for this data and machine.
+this stage's own ``last`` to resume), resolves the ``auto`` settings once, before anything is built
+(:func:`resolve_auto`: image size, batch, epochs, sampler, class weights by the rules of
+:mod:`defect_pipeline.ml.plan`) and ``model.input_mode`` (whole images resized, or crops:
+:mod:`defect_pipeline.ml.input_mode`).
 :func:`run_stage` launches the job (in this process or in Lightning Fabric workers) and turns
 what it returns into a :class:`StageResult` (history, summary — including where the weights
 started and the torch threads training used —, curves, the best checkpoint as a
@@ -41,7 +43,6 @@ from defect_pipeline.config import (
     TrainerParams,
 )
 from defect_pipeline.data.manifest import manifest_hash
-from defect_pipeline.ml.advice import machine_advice
 from defect_pipeline.ml.augment import build_transform, validate_recipe
 from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
 from defect_pipeline.ml.crops import CropSampler, CroppedTransform
@@ -56,8 +57,10 @@ from defect_pipeline.ml.input_mode import InputPlan, input_facts, package_input_
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, load_backbone_state
+from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, input_stride, load_backbone_state
 from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
+from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
 from defect_pipeline.ml.val_preview import PreviewingLogger, ValidationPreview
 from defect_pipeline.util import flatten
 
@@ -158,19 +161,35 @@ def initial_weights_record(init_from: str, model: ModelParams) -> dict[str, Any]
             "description": describe_initial_weights(init_from, pretrained=pretrained, checkpoint_path=checkpoint_path)}
 
 
-def _log_advice(manifest: pd.DataFrame, settings: TrainerSettings, stage_name: str) -> None:
-    """The recipe advice for this data and machine, in the log only (``kedro run --pipeline=advise``)."""
-    try:
-        advice = machine_advice(manifest, device=settings.accelerator, precision=settings.precision)
-    except (ValueError, KeyError) as error:  # advice is optional: a manifest it cannot read must not stop training
-        logger.debug("no recipe advice: %s", error)
-        return
-    rec = advice["recommendations"]
-    logger.info("%s: recipe advice for %d training samples (not applied; kedro run --pipeline=advise explains it): "
-                "backbone %s, image_size %d, batch %d x %d accumulation, epochs %s, class_weights %s", stage_name,
-                advice["facts"]["train_samples"], rec["backbone"], rec["image_size"], rec["batch_size"],
-                rec["accumulate_grad_batches"], "/".join(str(v) for v in rec["epochs"].values()),
-                rec["class_weights"])
+def resolve_auto(manifest: pd.DataFrame, model: ModelParams, stage: StageParams, *, settings: TrainerSettings,
+                 good_label: str, stage_name: str) -> tuple[ModelParams, StageParams, StagePlanAuto]:
+    """The one place ``auto`` settings become values (rules: :mod:`defect_pipeline.ml.plan`): the model and stage
+    blocks with every ``auto`` replaced, and the plan that says why. Explicit values are kept."""
+    requested = {"image_size": model.image_size, "batch_size": stage.batch_size, "epochs": stage.epochs,
+                 "sampler": stage.sampler, "class_weights": stage.loss.class_weights}
+    plan = plan_stage(fingerprint(manifest, good_label=good_label), machine_from(settings), stage_name=stage_name,
+                      requested=requested, stride=input_stride(model.backbone, decoder=model.decoder),
+                      backbone=model.backbone, accumulate=stage.accumulate_grad_batches,
+                      time_budget_s=stage.time_budget_s, max_steps=stage.max_steps)
+    value = {name: item.value for name, item in plan.settings.items()}
+    model = model.model_copy(update={"image_size": value["image_size"]})
+    stage = stage.model_copy(update={**{k: value[k] for k in ("batch_size", "epochs", "sampler")},
+                                     "loss": stage.loss.model_copy(update={"class_weights": value["class_weights"]})})
+    for item in plan.settings.values():
+        logger.info("%s: %s = %s (%s)", stage_name, item.key, item.value,
+                    f"auto: {item.reason}" if item.auto else "set explicitly")
+    return model, stage, plan
+
+
+def resolve_model_auto(manifest: pd.DataFrame, model: ModelParams, *, settings: TrainerSettings,
+                       good_label: str) -> tuple[ModelParams, Resolved | None]:
+    """The ``model`` block with ``image_size: auto`` resolved as every stage resolves it (for the
+    augmentation preview and the backbone comparison's memory check)."""
+    if model.image_size != AUTO:
+        return model, None
+    item = resolve_image_size(AUTO, fingerprint(manifest, good_label=good_label), machine_from(settings),
+                              stride=input_stride(model.backbone, decoder=model.decoder))
+    return model.model_copy(update={"image_size": item.value}), item
 
 
 def plan_input(manifest: pd.DataFrame, model: ModelParams) -> InputPlan:
@@ -190,8 +209,12 @@ def crop_samplers(plan: InputPlan, model: ModelParams, seed: int) -> tuple[CropS
             CropSampler(model.image_size, **common, seed=VAL_CROP_SEED, deterministic=True))
 
 
-def preview_transform(manifest: pd.DataFrame, model: ModelParams, augmentation: AugmentationParams) -> Any:
-    """The display transform of the augmentation preview: what training sees (crops in ``crop`` mode)."""
+def preview_transform(manifest: pd.DataFrame, model: ModelParams, augmentation: AugmentationParams, *,
+                      settings: TrainerSettings | None = None, good_label: str = "good") -> Any:
+    """The display transform of the augmentation preview: what training sees (crops in ``crop`` mode), at the
+    image size the stages resolve ``model.image_size: auto`` to on ``settings``' device (default: this machine)."""
+    settings = settings or resolve_trainer(accelerator="auto", devices=1, strategy="auto", num_nodes=1, precision="fp32")
+    model, _ = resolve_model_auto(manifest, model, settings=settings, good_label=good_label)
     transform = build_transform(augmentation.recipe, image_size=model.image_size, train=True, seed=augmentation.seed,
                                 for_display=True)
     train_crop, _ = crop_samplers(plan_input(manifest, model), model, augmentation.seed)
@@ -284,9 +307,10 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
     settings = resolve_trainer(**trainer.model_dump())
     if runtime.cpu_threads is not None:
         torch.set_num_threads(runtime.cpu_threads)
-    _log_advice(manifest, settings, stage_name)
     validate_recipe(augmentation.recipe)
     labels = labels_from_manifest(manifest, defect_classes=list(defect_classes), good_label=data.good_label)
+    model, stage, auto_plan = resolve_auto(manifest, model, stage, settings=settings, good_label=data.good_label,
+                                           stage_name=stage_name)
     input_plan = plan_input(manifest, model)
     _log_input_plan(input_plan, model, stage_name)
     init_state, init_description = (None, "resume") if (stage.resume and checkpoints.has_last()) else \
@@ -313,7 +337,8 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
             "manifest_hash": manifest_hash(manifest), "init_from": init_description,
             "input_plan": {**input_plan.to_dict(),
                            "crop": model.crop.model_dump() if input_plan.mode == "crop" else None},
-            "trainer": {**settings.describe(), "global_batch_size": global_batch_size(stage, settings)}}
+            "trainer": {**settings.describe(), "global_batch_size": global_batch_size(stage, settings)},
+            "auto": auto_plan.to_dict()}
     logger.info("%s: %d train / %d val samples, %s x %d process(es), precision %s, batch %d per process x %d "
                 "processes x %d accumulation = %d samples per optimizer step", stage_name, len(train_set),
                 len(val_set), settings.accelerator, settings.world_size, engine_cfg.precision, stage.batch_size,
@@ -326,7 +351,8 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
                                            weights=functools.partial(_last_weights, checkpoints) if ema else None)
     job = TrainingJob(net, loss_fn, train_set, val_set, MultitaskMetrics(labels, model.seg_mode), engine_cfg,
                       checkpoints, meta, batch_size=stage.batch_size, num_workers=stage.num_workers,
-                      training_logger=training_logger, cpu_threads=runtime.cpu_threads)
+                      training_logger=training_logger, cpu_threads=runtime.cpu_threads,
+                      sample_weights=sampling_weights(train_set.targets) if stage.sampler == "balanced" else None)
     return StagePlan(job, settings, stage_name, model, stage, labels, init_description)
 
 
@@ -351,6 +377,7 @@ def _summary(plan: StagePlan, result: Any, history: pd.DataFrame, monitor: str) 
         "manifest_hash": meta["manifest_hash"],
         "final": {k: v for k, v in (result.history[-1] if result.history else {}).items()},
         "best_values": best_values(history),
+        "auto": meta.get("auto"),  # what each setting resolved to and why (ml/plan.py)
     }
 
 

@@ -210,8 +210,8 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     ``parameters_<total|trainable|frozen|backbone|head>``. The final value of every per-epoch
     metric is its latest value in MLflow (what the UI's run table shows). Tags ``decoder``,
     ``device``, ``precision`` and ``input_mode`` (``resize``/``crop``) record what ``auto``
-    resolved to; ``world_size`` and ``global_batch_size`` (samples per optimizer step) how many
-    processes trained together.
+    resolved to, and so do the ``auto.*`` tags of :func:`auto_tags`; ``world_size`` and
+    ``global_batch_size`` (samples per optimizer step) how many processes trained together.
     """
     if mlflow.active_run() is None:
         return
@@ -233,7 +233,20 @@ def log_stage_result(summary: dict[str, Any]) -> None:
     # what "auto" resolved to (the parameters keep what was asked for)
     tags.update({key: str(summary[key]) for key in ("decoder", "device", "precision", "input_mode")
                  if summary.get(key)})
+    tags.update(auto_tags(summary))
     mlflow.set_tags(tags)
+
+
+def auto_tags(summary: dict[str, Any]) -> dict[str, str]:
+    """``auto.<key>`` (the value) and ``auto.<key>.reason`` of each setting the stage resolved from ``auto``
+    (``summary["auto"]``, :mod:`defect_pipeline.ml.plan`); settings given explicitly get no tag."""
+    resolved = (summary.get("auto") or {}).get("resolved") or {}
+    tags: dict[str, str] = {}
+    for item in resolved.values():
+        if item.get("auto"):
+            tags[item["tag"]] = str(item["value"])
+            tags[f"{item['tag']}.reason"] = str(item["reason"])[:5000]
+    return tags
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 3.0) -> None:

@@ -11,7 +11,7 @@ Code outside this package imports from here.
 
 from defect_pipeline.ml.models.backbones import list_backbone_families
 from defect_pipeline.ml.models.decoders import DECODERS
-from defect_pipeline.ml.models.factory import SEG_MODES, check_model_config, create_model
+from defect_pipeline.ml.models.factory import SEG_MODES, check_model_config, create_model, input_stride
 from defect_pipeline.ml.models.net import MultitaskNet, MultitaskOutput, check_input_size
 from defect_pipeline.ml.models.size import count_parameters, training_memory_estimate
 from defect_pipeline.ml.models.weights import load_backbone_state, load_backbone_weights
@@ -25,6 +25,7 @@ __all__ = [
     "check_model_config",
     "count_parameters",
     "create_model",
+    "input_stride",
     "list_backbone_families",
     "load_backbone_state",
     "load_backbone_weights",

@@ -122,6 +122,12 @@ def check_model_config(backbone: str, *, decoder: str = "auto", decoder_channels
         check_input_size(net, image_size)
 
 
+def input_stride(backbone: str, *, decoder: str = "auto") -> int:
+    """The multiple every input side must be for ``backbone`` with ``decoder`` (probed on the meta device)."""
+    info = probe_backbone(resolve_backbone_name(backbone))
+    return decoder_stride(choose_decoder(decoder, info), info)
+
+
 def _check_arguments(*, num_image_classes: int, num_seg_classes: int, seg_mode: str, dropout: float,
                      decoder_channels: int, pretrained: bool, checkpoint_path: str | None) -> None:
     """The checks that need no backbone: ``ValueError`` / ``FileNotFoundError`` naming the bad argument."""

@@ -32,7 +32,7 @@ from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import labels_from_manifest
 from defect_pipeline.ml.distributed import free_memory_bytes, resolve_trainer
 from defect_pipeline.ml.models import training_memory_estimate
-from defect_pipeline.ml.stage import build_training_job, rerun_target, run_stage
+from defect_pipeline.ml.stage import build_training_job, rerun_target, resolve_model_auto, run_stage
 from defect_pipeline.tracking.outcome import NodeOutcome
 from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
@@ -81,9 +81,10 @@ def train_candidate(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_sum
     candidate = model.model_copy(update={"backbone": backbone})
     base = {"slot": slot, "backbone": backbone}
     labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]), good_label=data.good_label)
-    device = resolve_trainer(**trainer.model_dump()).accelerator
+    settings = resolve_trainer(**trainer.model_dump())
     try:
-        too_big = _memory_check(backbone, candidate, labels, device, compare.memory_fraction)
+        sized, _ = resolve_model_auto(manifest, candidate, settings=settings, good_label=data.good_label)
+        too_big = _memory_check(backbone, sized, labels, settings.accelerator, compare.memory_fraction)
     except Exception as error:  # noqa: BLE001 - an unknown backbone is this candidate's failure only
         return _not_compared(base, "failed", f"{type(error).__name__}: {error}")
     if too_big:

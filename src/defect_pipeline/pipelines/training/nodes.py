@@ -26,6 +26,7 @@ from defect_pipeline.config import (
 from defect_pipeline.ml.augment import validate_recipe
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.dataset import ManifestDataset, labels_from_manifest
+from defect_pipeline.ml.distributed import resolve_trainer
 from defect_pipeline.ml.preview import render_preview
 from defect_pipeline.ml.stage import build_training_job, join_stage, preview_transform, run_stage
 from defect_pipeline.ml.val_preview import FigureFolder
@@ -33,14 +34,17 @@ from defect_pipeline.tracking.runs import MlflowTrainingLogger, log_stage_result
 
 
 def preview_augmentation(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-                         augmentation: AugmentationParams, model: ModelParams, data: DataParams) -> Figure:
-    """A grid of training samples × augmented views (crops first in ``crop`` input mode) with masks overlaid."""
+                         augmentation: AugmentationParams, model: ModelParams, data: DataParams,
+                         trainer: TrainerParams) -> Figure:
+    """A grid of training samples × augmented views (crops first in ``crop`` input mode) with masks overlaid,
+    at the image size the stages train at (``model.image_size: auto`` resolved for ``trainer``'s device)."""
     validate_recipe(augmentation.recipe)
     labels = labels_from_manifest(manifest, defect_classes=list(scan_summary["classes"]), good_label=data.good_label)
     dataset = ManifestDataset(manifest, root=raw_source["raw_root"], split="train", labels=labels, transform=None,
                               seg_mode=model.seg_mode, binarize_threshold=data.masks.binarize_threshold)
     samples = [dataset.load_raw(i) for i in range(min(augmentation.preview_samples, len(dataset)))]
-    transform = preview_transform(manifest, model, augmentation)  # crops first when training takes crops
+    transform = preview_transform(manifest, model, augmentation, settings=resolve_trainer(**trainer.model_dump()),
+                                  good_label=data.good_label)  # crops first when training takes crops
     return render_preview(samples, transform, views=augmentation.preview_views, seed=augmentation.seed)
 
 

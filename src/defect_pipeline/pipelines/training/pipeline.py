@@ -44,6 +44,7 @@ def create_augmentation_pipeline() -> Pipeline:
     """The augmentation preview grid (``08_reporting/augmentation_preview.png``)."""
     return Pipeline([
         Node(nodes.preview_augmentation,
-             ["manifest", "raw_source", "scan_summary", "params:augmentation", "params:model", "params:data"],
+             ["manifest", "raw_source", "scan_summary", "params:augmentation", "params:model", "params:data",
+              "params:trainer"],
              "augmentation_preview", name="preview_augmentation"),
     ])
