@@ -155,3 +155,16 @@ def test_values_are_written_as_kedro_parses_them_back() -> None:
         format_value("a,b")
     assert scaled(2, high=4096)(64) == 128 and isinstance(scaled(0.5, low=1)(1), int)
     assert scaled(1 / 3)(2e-3) == 0.00067
+
+
+def test_settings_left_auto_are_not_scaled_into_commands() -> None:
+    """``auto`` is resolved only when a stage starts, so a history diagnosed on its own cannot double it: the
+    advice stays, without a ``model.image_size`` change. Before, doubling 'auto' raised a ValueError."""
+    target = stage_rerun_target("stage2", StageParams(batch_size="auto", epochs="auto"),
+                                ModelParams(image_size="auto", input_mode="resize"))
+    frame_, kwargs = histories()[0]  # a collapse: one action asks for a larger input size
+    findings = diagnose(frame_, target=target, **kwargs)["findings"]
+    collapse = next(f for f in findings if f["kind"] == "collapse")
+    larger = next(a for a in collapse["actions"] if "larger input size" in a["advice"])
+    assert "command" not in larger
+    assert all("model.image_size" not in a.get("command", "") for f in findings for a in f["actions"])

@@ -118,9 +118,10 @@ class Current:
         return None if self.target is None else self.target.current(key)
 
     def change(self, key: str, rule: Callable[[Any], Any]) -> dict[str, Any]:
-        """``{key: rule(current value)}``; empty when the value is unknown or the rule gives it back unchanged."""
+        """``{key: rule(current value)}``; empty when the value is unknown (``auto``: resolved only when the stage
+        starts) or the rule gives it back unchanged."""
         value = self(key)
-        if value is None:
+        if value is None or value == "auto":
             return {}
         new = rule(value)
         return {} if new is None or new == value else {key: new}
