@@ -22,7 +22,7 @@ from defect_pipeline.markdown import markdown_table
 def setup_sentence(table: pd.DataFrame) -> str:
     """How the compared candidates were set up, from ``comparison.csv``'s ``initial_weights`` and
     ``cpu_threads`` columns (what each candidate's training recorded)."""
-    from defect_pipeline.ml.stage import describe_initial_weights
+    from defect_pipeline.ml.stage_records import describe_initial_weights
 
     ok = table[table["status"] == "ok"] if "status" in table.columns else table
     starts = ok["initial_weights"].dropna().unique() if "initial_weights" in ok.columns else []

@@ -32,7 +32,7 @@ def read_training_summary(project: Path, stage: str) -> dict[str, Any] | None:
 
 def initial_weights_of(summary: dict[str, Any], project: Path) -> dict[str, Any]:
     """The summary's ``initial_weights``; for an older summary, rebuilt from its best checkpoint."""
-    from defect_pipeline.ml.stage import describe_initial_weights
+    from defect_pipeline.ml.stage_records import describe_initial_weights
 
     if "initial_weights" in summary:
         return summary["initial_weights"]

@@ -59,6 +59,7 @@ from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, Segment
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, input_stride, load_backbone_state
 from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.stage_records import best_values, describe_initial_weights
 from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
 from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
 from defect_pipeline.ml.val_preview import PreviewingLogger, ValidationPreview
@@ -66,8 +67,6 @@ from defect_pipeline.util import flatten
 
 logger = logging.getLogger(__name__)
 
-# history column → whether higher is better; the best of each over the epochs is in the summary
-BEST_VALUE_COLUMNS = {"val_loss": False, "val_combined_score": True, "val_miou": True, "val_macro_f1": True}
 VAL_CROP_SEED = 0  # validation crops depend on (this, sample index) only: the same in every stage and run
 
 
@@ -107,13 +106,6 @@ def global_batch_size(stage: StageParams, settings: TrainerSettings) -> int:
     return stage.batch_size * settings.world_size * stage.accumulate_grad_batches
 
 
-def best_values(history: pd.DataFrame) -> dict[str, float]:
-    """The best value over the epochs of each :data:`BEST_VALUE_COLUMNS` column the history has."""
-    return {column: float(history[column].max() if higher else history[column].min())
-            for column, higher in BEST_VALUE_COLUMNS.items()
-            if column in history.columns and history[column].notna().any()}
-
-
 def initial_weights(stage_name: str, stage: StageParams, init_store: CheckpointStore | None
                     ) -> tuple[dict | None, str]:
     """The state dict a stage starts from (None = fresh model) and a description of it."""
@@ -130,24 +122,6 @@ def initial_weights(stage_name: str, stage: StageParams, init_store: CheckpointS
             )
         return read_weights_file(init_store.best_path), str(init_store.best_path)
     return read_weights_file(stage.init_from), stage.init_from
-
-
-def describe_initial_weights(init_from: str, *, pretrained: bool, checkpoint_path: str | None) -> str:
-    """Where a stage's weights started, in words, from what it was built with.
-
-    ``init_from`` as the summary records it (``scratch``, ``resume`` or the file the weights came
-    from); ``pretrained`` and ``checkpoint_path``: the ``model`` settings applied to a fresh
-    network (they only apply to ``scratch``).
-    """
-    if init_from == "scratch":
-        if checkpoint_path:
-            return f"backbone weights from {checkpoint_path} (model.checkpoint_path), the rest randomly initialised"
-        if pretrained:
-            return "pretrained backbone weights (model.pretrained: true), the rest randomly initialised"
-        return "random initialisation (model.pretrained: false, no model.checkpoint_path)"
-    if init_from == "resume":
-        return "its own last checkpoint (resumed; where the interrupted run started is not recorded)"
-    return f"the weights of {init_from}"
 
 
 def initial_weights_record(init_from: str, model: ModelParams) -> dict[str, Any]:
