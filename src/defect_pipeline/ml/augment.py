@@ -255,13 +255,15 @@ def build_transform(
     train: bool,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: int = cv2.INTER_LINEAR,
     seed: int | None = None,
     for_display: bool = False,
 ) -> A.Compose:
     """The ``albumentations.Compose`` applied to ``image=(H, W, 3) uint8, mask=(H, W) uint8``.
 
     ``train=True``: the recipe's transforms, then ``Resize(image_size, image_size)``; ``train=False``:
-    only the resize (the recipe is still validated). Then ``Normalize(mean, std)`` (pixels / 255)
+    only the resize (the recipe is still validated; ``interpolation``: the OpenCV flag of the image
+    resize, e.g. the backbone's from :mod:`defect_pipeline.ml.preprocess`). Then ``Normalize(mean, std)`` (pixels / 255)
     and ``ToTensorV2``, giving a float32 ``(3, S, S)`` tensor and a ``(S, S)`` uint8 mask tensor.
     ``for_display=True`` leaves out ``Normalize`` and ``ToTensorV2`` (uint8 ``(S, S, 3)`` numpy
     image, numpy mask), for previews.
@@ -277,7 +279,7 @@ def build_transform(
     validate_recipe(entries)
     transforms: list[Any] = [_build_entry(e) for e in entries] if train else []
     transforms.append(
-        A.Resize(int(image_size), int(image_size), interpolation=cv2.INTER_LINEAR,
+        A.Resize(int(image_size), int(image_size), interpolation=int(interpolation),
                  mask_interpolation=cv2.INTER_NEAREST)
     )
     if not for_display:

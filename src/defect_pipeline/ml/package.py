@@ -4,9 +4,11 @@ A :class:`ModelPackage` is a folder that loads without our training code's state
 
 * ``weights.safetensors`` — the model's tensors (safetensors: loading never runs code);
 * ``model.json`` — what rebuilds the network (backbone, decoder, decoder width, segmentation
-  mode, input size, normalisation), how images reach it (``input_mode``: absent or ``resize``,
-  the whole image resized to ``image_size``; ``tile``, sliding ``image_size`` tiles at the
-  image's own scale), the label space and where the weights came from (stage, epoch, monitored
+  mode, input size), how images reach it (``input_mode``: absent or ``resize``, the whole image
+  resized to ``image_size``; ``tile``, sliding ``image_size`` tiles at the image's own scale;
+  ``mean``/``std``/``interpolation`` from the backbone's timm data config and ``eval_transform``,
+  the training-time evaluation transform as ``albumentations.to_dict``, see
+  :mod:`defect_pipeline.ml.preprocess`; older packages lack it), the label space and where the weights came from (stage, epoch, monitored
   metric, data-manifest hash);
 * ``thresholds.json`` — the operating point used at prediction time
   (see :class:`~defect_pipeline.ml.postprocess.Thresholds`);
@@ -86,8 +88,9 @@ class ModelPackage:
             **state["model_meta"],
             "decoder_channels": int(model_cfg.get("decoder_channels", 64)),
             "labels": state["labels"],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            # checkpoints written before the backbone's own normalisation was recorded: ImageNet's
+            "mean": list(state["model_meta"].get("mean", IMAGENET_MEAN)),
+            "std": list(state["model_meta"].get("std", IMAGENET_STD)),
             "stage": state.get("stage"),
             "epoch": state.get("epoch"),
             "global_step": state.get("global_step"),

@@ -2,7 +2,8 @@
 
 :class:`Predictor` turns images of any size and mode (:func:`as_rgb_uint8`) into labels, class
 scores and masks at the image's own size: each image goes through the evaluation transform of
-training (:meth:`Predictor.preprocess`), the network runs in PyTorch or onnxruntime, optional
+training, rebuilt from the package (:meth:`Predictor.preprocess`,
+:mod:`defect_pipeline.ml.preprocess`), the network runs in PyTorch or onnxruntime, optional
 test-time flips (:data:`TTA_FLIPS`) are averaged, and the thresholds are applied by
 :func:`~defect_pipeline.ml.postprocess.decide`. A package whose model meta says
 ``input_mode: tile`` (trained on crops at native scale; ``image_size`` is then the tile size) is
@@ -15,6 +16,7 @@ MLflow pyfunc model and the batch-inference pipeline all go through it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,11 +25,11 @@ import cv2
 import numpy as np
 import torch
 
-from defect_pipeline.ml.augment import IMAGENET_MEAN, IMAGENET_STD
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.onnx_runner import OnnxRunner
 from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.postprocess import Prediction, RawOutput, Thresholds, decide
+from defect_pipeline.ml.preprocess import package_transform, to_tensor
 from defect_pipeline.ml.tiling import (
     DEFAULT_OVERLAP,
     Stitcher,
@@ -37,6 +39,8 @@ from defect_pipeline.ml.tiling import (
     pad_to_tile,
     tile_defect_scores,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -140,8 +144,9 @@ class Predictor(_Decisions):
         self.seg_mode = package.meta["seg_mode"]
         self.tta = check_tta(tta)
         self._binary = self.seg_mode == "binary"
-        self._mean = np.asarray(package.meta.get("mean", IMAGENET_MEAN), dtype=np.float32) * 255.0
-        self._std = np.asarray(package.meta.get("std", IMAGENET_STD), dtype=np.float32) * 255.0
+        self.transform, note = package_transform(package.meta)  # the evaluation transform of training
+        if note:
+            logger.info("%s: %s", package.folder or "model package", note)
         if backend == "torch":
             model = package.build_model().to(self.device)
             self._run = lambda batch: tuple(model(batch.to(self.device)))
@@ -153,13 +158,13 @@ class Predictor(_Decisions):
         return cls(ModelPackage.load(folder), **kwargs)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``(3, S, S)`` float tensor of an RGB uint8 image, as the evaluation transform of training."""
-        resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
-        return self._normalise(resized)
+        """``(3, S, S)`` float tensor of an RGB uint8 image through the package's evaluation transform (the
+        one validation used in training: resize with the backbone's interpolation, its mean/std)."""
+        return to_tensor(self.transform, image)
 
-    def _normalise(self, image: np.ndarray) -> torch.Tensor:
-        normalised = (image.astype(np.float32) - self._mean) / self._std
-        return torch.from_numpy(normalised.transpose(2, 0, 1).copy())
+    def _normalise(self, tile: np.ndarray) -> torch.Tensor:
+        """A tile already at the input size: the same transform (its resize leaves the size as it is)."""
+        return to_tensor(self.transform, tile)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
         """Class and pixel probabilities of a batch, the pixel ones at each image's own size."""

@@ -59,9 +59,10 @@ from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, Segment
 from defect_pipeline.ml.metrics import MultitaskMetrics
 from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, input_stride, load_backbone_state
 from defect_pipeline.ml.package import ModelPackage
-from defect_pipeline.ml.stage_records import best_values, describe_initial_weights
 from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
 from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
+from defect_pipeline.ml.preprocess import resolve_preprocessing
+from defect_pipeline.ml.stage_records import best_values, describe_initial_weights
 from defect_pipeline.ml.val_preview import PreviewingLogger, ValidationPreview
 from defect_pipeline.util import flatten
 
@@ -296,10 +297,12 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
     common = {"root": raw_root, "labels": labels, "seg_mode": model.seg_mode,
               "binarize_threshold": data.masks.binarize_threshold}
     train_crop, val_crop = crop_samplers(input_plan, model, stage.seed)
-    train_set = ManifestDataset(manifest, split="train", **common, crop=train_crop, transform=build_transform(
+    prep = resolve_preprocessing(model.backbone)  # the backbone's mean/std/interpolation (timm's data config)
+    eval_transform = prep.transform(augmentation.recipe, image_size=model.image_size, train=False)
+    model_meta.update(prep.package_meta(eval_transform))  # the package rebuilds this transform at inference
+    train_set = ManifestDataset(manifest, split="train", **common, crop=train_crop, transform=prep.transform(
         augmentation.recipe, image_size=model.image_size, train=True, seed=stage.seed))
-    val_set = ManifestDataset(manifest, split="val", **common, crop=val_crop, transform=build_transform(
-        augmentation.recipe, image_size=model.image_size, train=False))
+    val_set = ManifestDataset(manifest, split="val", **common, crop=val_crop, transform=eval_transform)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{stage_name}: the manifest has {len(train_set)} accepted train and {len(val_set)} val "
                          "samples; both must be non-empty (run the data pipeline, check data.split)")
@@ -319,7 +322,8 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
                 settings.world_size, stage.accumulate_grad_batches, meta["trainer"]["global_batch_size"])
     if training_logger is not None and stage.preview_every_n_epochs > 0:  # drawn on the main process only
         ema = stage.ema.enabled  # the EMA is what validation measures: draw it, from last.pt, on a copy of net
-        preview = ValidationPreview(copy.deepcopy(net) if ema else net, val_set, labels, seg_mode=model.seg_mode)
+        preview = ValidationPreview(copy.deepcopy(net) if ema else net, val_set, labels, seg_mode=model.seg_mode,
+                                    mean=prep.mean, std=prep.std)
         training_logger = PreviewingLogger(training_logger, preview, every_n_epochs=stage.preview_every_n_epochs,
                                            stage=stage_name, by_step=stage.val_every_n_steps is not None,
                                            weights=functools.partial(_last_weights, checkpoints) if ema else None)

@@ -9,7 +9,7 @@ probing on the meta device), ``decoders`` (the decoder registry: smp ``fpn``/``u
 Code outside this package imports from here.
 """
 
-from defect_pipeline.ml.models.backbones import list_backbone_families
+from defect_pipeline.ml.models.backbones import backbone_data_config, list_backbone_families
 from defect_pipeline.ml.models.decoders import DECODERS
 from defect_pipeline.ml.models.factory import SEG_MODES, check_model_config, create_model, input_stride
 from defect_pipeline.ml.models.net import MultitaskNet, MultitaskOutput, check_input_size
@@ -19,6 +19,7 @@ from defect_pipeline.ml.models.weights import load_backbone_state, load_backbone
 __all__ = [
     "DECODERS",
     "SEG_MODES",
+    "backbone_data_config",
     "MultitaskNet",
     "MultitaskOutput",
     "check_input_size",

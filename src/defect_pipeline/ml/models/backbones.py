@@ -104,3 +104,18 @@ def probe_backbone(name: str) -> BackboneInfo:
         num_blocks=len(inner_info) if isinstance(inner_info, list) else len(probe.feature_info),
         num_prefix_tokens=int(getattr(inner, "num_prefix_tokens", 0) or 0),
     )
+
+
+def backbone_data_config(backbone: str) -> dict:
+    """timm's data config of ``backbone`` (``mean``, ``std``, ``interpolation``, ...), from
+    :func:`timm.data.resolve_model_data_config` on a meta-device build (no memory, no download).
+
+    The pretrained tag decides it (``vit_base_patch16_224.augreg_in21k``: mean/std 0.5, bicubic).
+    """
+    import timm
+    from timm.data import resolve_model_data_config
+
+    name = resolve_backbone_name(backbone)
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, features_only=True)
+    return dict(resolve_model_data_config(model))
