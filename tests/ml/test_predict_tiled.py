@@ -216,7 +216,7 @@ def test_the_pyfunc_model_predicts_by_sliding_window(tiled: ModelPackage, tmp_pa
     run, sizes = model._predictor._run, []
     model._predictor._run = lambda batch: sizes.append(batch.shape[0]) or run(batch)
     image = np.random.default_rng(6).integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    frame = model.predict(None, [image])
+    frame = model.predict(None, [image], params={"mask_format": "array"})
     assert sum(sizes) == len(TileGrid.cover(150, 200, 64, 0.25)) == 12
     (expected,) = Predictor(ModelPackage.load(folder)).predict([image])
     assert frame.loc[0, "status"] == "ok" and frame.loc[0, "label"] == expected.label

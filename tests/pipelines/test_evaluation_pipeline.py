@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from defect_pipeline.ml.serving import encode_image
 from tests.conftest import TINY, copy_project, run_kedro
 from tests.ml.test_inference import awkward_folder
 
@@ -93,7 +94,7 @@ def test_evaluation_is_tracked_and_joined_to_the_training_run(tiny_default_run: 
     # the thresholds run logs the tuned model: pyfunc predictions use the tuned thresholds
     mlflow.set_tracking_uri(f"sqlite:///{tiny_default_run / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{thresholds.info.run_id}/model")
-    out = model.predict(np.zeros((1, 64, 64, 3), dtype=np.uint8))
+    out = model.predict(pd.DataFrame({"image": [encode_image(np.zeros((64, 64, 3), dtype=np.uint8))]}))
     assert out["thresholds"].iloc[0].startswith("tuned on")
 
 

@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.ml.serving import decode_mask, encode_image
 from defect_pipeline.tracking.runs import TrackingUnavailableError
 from tests.conftest import TINY, TINY_STAGE, run_kedro
 
@@ -152,10 +153,13 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts(tracked_run) -> None:
     ok = out[out["status"] == "ok"]
     assert set(ok["label"]) <= set(classes)
     assert np.allclose(ok[[f"score_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-4)
-    assert all(mask.shape == (64, 64) for mask in ok["mask"])
+    assert all(decode_mask(mask, "png").shape == (64, 64) for mask in ok["mask"])  # base64 PNG by default
     assert (ok["thresholds"].str.startswith("default")).all()
-    arrays = model.predict(np.zeros((2, 40, 50), dtype=np.uint8))  # a batch of grayscale arrays
-    assert len(arrays) == 2 and arrays["mask"].iloc[0].shape == (40, 50)
+    grey = encode_image(np.zeros((40, 50), dtype=np.uint8))  # image bytes instead of a path
+    images = model.predict(pd.DataFrame({"image": [grey, grey]}), params={"mask_format": "array"})
+    assert len(images) == 2 and images["mask"].iloc[0].shape == (40, 50)
+    arrays = model.unwrap_python_model().predict(None, np.zeros((2, 40, 50), dtype=np.uint8))  # arrays in-process
+    assert len(arrays) == 2 and decode_mask(arrays["mask"].iloc[0]).shape == (40, 50)
 
 
 def test_a_failing_node_leaves_parent_and_stage_runs_failed(kedro_project: Path) -> None:

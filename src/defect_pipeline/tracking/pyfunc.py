@@ -1,15 +1,18 @@
-"""The trained model as an MLflow pyfunc model, thresholds bundled.
+"""The trained model as an MLflow pyfunc model, thresholds bundled, ready for ``mlflow models serve``.
 
-``mlflow.pyfunc.load_model(uri).predict(x)`` accepts
-
-* a ``pandas.DataFrame`` with a ``path`` column of image files (any size, grayscale/RGB/RGBA), or
-* a list of images / an ``(N, H, W[, C])`` array,
-
-and returns a DataFrame, one row per image: ``label``, ``defect_score``, ``score_<class>`` per
-image class, ``defect_area`` (pixels), ``mask`` (an ``(H, W)`` uint8 array at the image's size:
-0 background, ``1 + i`` defect class ``i``), ``status`` (``ok`` or ``error``) and ``error`` (the
-reason a file could not be read; such rows carry no prediction). The thresholds come from the
-package's ``thresholds.json``; the ``thresholds`` column records which ones were applied.
+``mlflow.pyfunc.load_model(uri).predict(records, params=...)`` and the REST server's
+``/invocations`` take a table of records, each with ``path`` (an image file on the serving
+machine) or ``image`` (the image file's bytes, base64-encoded) — see
+:mod:`defect_pipeline.ml.serving` —, and return one row per record: ``label``, ``defect_score``,
+``score_<class>`` per image class, ``defect_area`` (pixels), ``mask`` (0 background, ``1 + i``
+defect class ``i``, at the image's size; by default a base64 PNG, or as ``params.mask_format``
+says: ``rle``, ``list`` of lists, ``array``), ``status`` (``ok`` or ``error``), ``error`` (which
+field of which record is missing or bad, or why a file could not be read; such rows carry no
+prediction) and ``thresholds`` (which operating point was applied, from the package's
+``thresholds.json``). A bad record never fails the request. The logged model carries that
+signature (optional ``path``/``image`` string columns, params ``mask_format`` and ``batch_size``)
+and an input example (one base64 PNG). In-process, ``unwrap_python_model().predict(None, images)``
+also takes a list of arrays or an ``(N, H, W[, C])`` array.
 
 The model's artifacts are a :class:`~defect_pipeline.ml.package.ModelPackage` folder (weights in
 safetensors) and the ``defect_pipeline`` package itself (``code_paths``), so a machine with the
@@ -27,6 +30,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 logger = logging.getLogger(__name__)
 
@@ -45,41 +50,66 @@ class DefectPyfuncModel(mlflow.pyfunc.PythonModel):
         self._predictor = Predictor.from_folder(context.artifacts[PACKAGE_ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a signature
-        batch_size = int((params or {}).get("batch_size", 16))
-        return predict_frame(self._predictor, model_input, batch_size=batch_size)
+        params = params or {}
+        return predict_frame(self._predictor, model_input, batch_size=int(params.get("batch_size", 16)),
+                             mask_format=str(params.get("mask_format", "png")))
 
 
-def _inputs(model_input: Any) -> tuple[list[str | None], list[Any]]:
-    """(paths or None, images or paths to read) from a DataFrame of paths or an array/list of images."""
+def signature() -> ModelSignature:
+    """Input records with an optional ``path`` or ``image`` (base64) column; ``mask_format`` and ``batch_size``."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, "path", required=False),
+                       ColSpec(DataType.string, "image", required=False)]),
+        params=ParamSchema([ParamSpec("mask_format", DataType.string, "png"),
+                            ParamSpec("batch_size", DataType.long, 16)]))
+
+
+def input_example() -> pd.DataFrame:
+    """One record holding a small base64 PNG (what a remote client sends)."""
+    from defect_pipeline.ml.serving import encode_image
+
+    gradient = np.tile(np.linspace(0, 255, 16, dtype=np.uint8), (16, 1))
+    return pd.DataFrame({"image": [encode_image(np.stack([gradient] * 3, axis=-1))]})
+
+
+def _inputs(model_input: Any) -> tuple[list[str | None] | None, list[Any]]:
+    """(the records' paths or None when the input had no path column, what to predict per record).
+
+    A DataFrame is a table of records (``path`` or ``image``, see :mod:`defect_pipeline.ml.serving`);
+    a list of images or an ``(N, H, W[, C])`` array (in-process, through ``unwrap_python_model()``) is
+    predicted as it is.
+    """
+    from defect_pipeline.ml.serving import parse_records
+
     if isinstance(model_input, pd.DataFrame):
-        column = next((c for c in ("path", "image_path") if c in model_input.columns), None)
-        if column is None:
-            raise ValueError(f"a DataFrame input needs a 'path' column of image files; got columns "
-                             f"{list(model_input.columns)}")
-        paths = [str(p) for p in model_input[column]]
-        return list(paths), list(paths)
+        records = model_input.to_dict("records")
+        paths = [record.get("path") if isinstance(record.get("path"), str) else None for record in records] \
+            if "path" in model_input.columns else None
+        return paths, parse_records(records)
     if isinstance(model_input, np.ndarray) and model_input.ndim in (2, 3) and model_input.dtype != object:
         model_input = [model_input] if model_input.ndim == 2 else list(model_input)
-    items = list(model_input)
-    return [None] * len(items), items
+    return None, list(model_input)
 
 
-def predict_frame(predictor: Any, model_input: Any, *, batch_size: int = 16) -> pd.DataFrame:
-    """Predict a DataFrame of paths or a batch of arrays; unreadable files become ``error`` rows."""
+def predict_frame(predictor: Any, model_input: Any, *, batch_size: int = 16, mask_format: str = "png"
+                  ) -> pd.DataFrame:
+    """One row per record: the prediction, or ``status: error`` with the reason (a bad record, an unreadable
+    file) — one bad record never fails the others. Masks in ``mask_format`` (:data:`~defect_pipeline.ml.serving.MASK_FORMATS`)."""
     from defect_pipeline.ml.inference import stream_predictions
+    from defect_pipeline.ml.serving import RecordError, check_mask_format, encode_mask
 
+    check_mask_format(mask_format)
     paths, items = _inputs(model_input)
-    rows: list[dict[str, Any]] = [{"path": path, "status": "error", "error": "",
-                                   "thresholds": predictor.thresholds.source} for path in paths]
-    for index, prediction, error, _ in stream_predictions(enumerate(items), predictor, batch_size=batch_size):
+    rows: list[dict[str, Any]] = [{**({"path": paths[i]} if paths is not None else {}), "status": "error",
+                                   "error": item.message if isinstance(item, RecordError) else "",
+                                   "thresholds": predictor.thresholds.source} for i, item in enumerate(items)]
+    valid = ((i, item) for i, item in enumerate(items) if not isinstance(item, RecordError))
+    for index, prediction, error, _ in stream_predictions(valid, predictor, batch_size=batch_size):
         if prediction is None:
             rows[index]["error"] = error
         else:
-            rows[index].update(prediction.row(), mask=prediction.mask, status="ok")
-    frame = pd.DataFrame(rows)
-    if paths and all(p is None for p in paths):
-        frame = frame.drop(columns="path")
-    return frame
+            rows[index].update(prediction.row(), mask=encode_mask(prediction.mask, mask_format), status="ok")
+    return pd.DataFrame(rows)
 
 
 def pip_requirements() -> list[str]:
@@ -103,6 +133,8 @@ def log_pyfunc_model(package_folder: str | Path, *, name: str = MODEL_NAME) -> s
         artifacts={PACKAGE_ARTIFACT: str(package_folder)},
         code_paths=[str(Path(defect_pipeline.__file__).parent)],
         pip_requirements=pip_requirements(),
+        signature=signature(),
+        input_example=input_example(),  # MLflow checks it: the model is loaded and predicts it once
     )
     logger.info("logged MLflow model %s (load it with mlflow.pyfunc.load_model)", info.model_uri)
     return info.model_uri
