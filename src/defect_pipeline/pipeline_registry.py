@@ -17,6 +17,7 @@ from defect_pipeline.pipelines.export import create_pipeline as create_export_pi
 from defect_pipeline.pipelines.inference import create_pipeline as create_inference_pipeline
 from defect_pipeline.pipelines.inference import create_test_split_pipeline
 from defect_pipeline.pipelines.inspect_checkpoints import create_pipeline as create_inspect_pipeline
+from defect_pipeline.pipelines.registry import create_promote_pipeline, create_register_pipeline
 from defect_pipeline.pipelines.thresholds import create_pipeline as create_thresholds_pipeline
 from defect_pipeline.pipelines.training.pipeline import create_augmentation_pipeline, create_stage_pipeline
 
@@ -24,8 +25,9 @@ from defect_pipeline.pipelines.training.pipeline import create_augmentation_pipe
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
-    ``__default__``: data → preview → stage1 → stage2 → stage3 → thresholds → evaluate → inference
-    on the test split. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX),
+    ``__default__``: data → preview → stage1 → stage2 → stage3 → thresholds (+ register the tuned model)
+    → evaluate (+ promote it) → inference on the test split. ``promote`` alone re-decides the champion
+    from the last evaluation. ``inference`` (over ``inference.input_dir``), ``export`` (ONNX),
     ``compare_runs`` (reads MLflow), ``diagnose`` (any history.csv), ``inspect_checkpoints`` and
     ``compare_backbones``, ``ensemble`` and ``advise`` run on request.
     """
@@ -36,8 +38,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         **stages,
     }
     pipelines["training"] = sum(stages.values(), Pipeline([]))
-    pipelines["thresholds"] = create_thresholds_pipeline()
-    pipelines["evaluate"] = create_evaluate_pipeline()
+    pipelines["thresholds"] = create_thresholds_pipeline() + create_register_pipeline()  # + registered as candidate
+    pipelines["evaluate"] = create_evaluate_pipeline() + create_promote_pipeline()  # + champion if it is better
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([])) + create_test_split_pipeline()
     pipelines["inference"] = create_inference_pipeline()
     pipelines["export"] = create_export_pipeline()
@@ -47,4 +49,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["compare_backbones"] = create_compare_backbones_pipeline()
     pipelines["ensemble"] = create_ensemble_pipeline()
     pipelines["advise"] = create_advise_pipeline()
+    pipelines["promote"] = create_promote_pipeline()
     return pipelines

@@ -126,3 +126,32 @@ def test_inference_without_input_dir_or_model_says_what_to_do(kedro_project: Pat
     (kedro_project / "images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"run `kedro run --pipeline=thresholds` first"):
         run_kedro(kedro_project, "inference", params={**TINY, "inference": {"input_dir": "images"}})
+
+
+def test_the_default_run_registers_the_tuned_model_and_promotes_it(tiny_default_run: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models:/defect_pipeline@candidate` loads and predicts after `kedro run`; the first evaluated version
+    becomes the champion, and `promote` run again does not move it (no registry before: this failed)."""
+    uri = f"sqlite:///{tiny_default_run / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    thresholds = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("defect_pipeline").experiment_id]) if r.info.run_name == "thresholds")
+    candidate = client.get_model_version_by_alias("defect_pipeline", "candidate")
+    assert candidate.run_id == thresholds.info.run_id
+    assert candidate.tags["git.commit"] and candidate.tags["defect_pipeline.manifest_hash"]
+    summary = _json(tiny_default_run / "data/08_reporting/evaluation/summary.json")
+    assert float(candidate.tags["test_combined_score"]) == pytest.approx(
+        summary["final_metrics_thresholded"]["combined_score"], abs=1e-5)
+    assert client.get_model_version_by_alias("defect_pipeline", "champion").version == candidate.version
+    promotion = _json(tiny_default_run / "data/08_reporting/registry/promotion.json")
+    assert promotion["promoted"] and promotion["reason"] == "there is no champion yet"
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/defect_pipeline@candidate")
+    out = model.predict(pd.DataFrame({"image": [encode_image(np.zeros((64, 64, 3), dtype=np.uint8))]}))
+    assert out.loc[0, "status"] == "ok" and out.loc[0, "thresholds"].startswith("tuned on")
+
+    project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
+    run_kedro(project, "promote")
+    again = _json(project / "data/08_reporting/registry/promotion.json")
+    assert not again["promoted"] and "is the champion already" in again["reason"]
+    assert "Not promoted" in (project / "data/08_reporting/registry/promotion.md").read_text()

@@ -22,7 +22,7 @@ from defect_pipeline.config.evaluation import (
     InferenceParams,
     ThresholdsParams,
 )
-from defect_pipeline.config.tracking import CompareRunsParams
+from defect_pipeline.config.tracking import CompareRunsParams, PromotionParams, RegistryParams
 from defect_pipeline.config.training import (
     AugmentationParams,
     CropParams,
@@ -44,6 +44,8 @@ __all__ = [
     "AugmentationParams",
     "CompareBackbonesParams",
     "CompareRunsParams",
+    "PromotionParams",
+    "RegistryParams",
     "CropParams",
     "DiagnosisParams",
     "EnsembleParams",

@@ -84,8 +84,9 @@ class InferenceParams(StrictModel):
                           "data/07_model_output. Give it with --params inference.output_dir=<folder>: the catalog "
                           "reads it from there (a value set only in a parameters file is refused)")
     checkpoint: str | list[str] | None = Field(
-        None, description="a model package folder, a best.pt/last.pt, a tuned ensemble.json, or a list of models "
-                          "averaged as an untuned ensemble; null: the tuned model (data/06_models/tuned)")
+        None, description="a model package folder, a best.pt/last.pt, an MLflow run id / runs:/ URI / "
+                          "models:/<name>@<alias> (registry), a tuned ensemble.json, or a list of models averaged as "
+                          "an untuned ensemble; null: the tuned model (data/06_models/tuned)")
     thresholds: ThresholdOverrides = ThresholdOverrides()
     backend: Literal["torch", "onnx"] = "torch"
     batch_size: int = Field(16, ge=1)
@@ -104,7 +105,8 @@ class EnsembleParams(StrictModel):
     """Block ``ensemble``: several models averaged, and/or test-time flips (``kedro run --pipeline=ensemble``)."""
 
     members: list[str] = Field(
-        [], description="model package folders, best.pt/last.pt files, MLflow run ids or runs:/ / models:/ URIs; "
+        [], description="model package folders, best.pt/last.pt files, MLflow run ids or runs:/ / models:/ URIs "
+                        "(models:/<name>@<alias> for a registered version); "
                         "one member = test-time augmentation of a single model")
     weights: list[float] | None = Field(None, description="one per member (normalised); null = equal")
     tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips, averaged back in mask space")

@@ -22,7 +22,7 @@ from defect_pipeline.config.diagnostics import DiagnosisParams
 from defect_pipeline.config.evaluation import (EnsembleParams, EvaluationParams, ExportParams, InferenceParams,
                                                ThresholdsParams)
 from defect_pipeline.config.inspection import InspectParams
-from defect_pipeline.config.tracking import CompareRunsParams
+from defect_pipeline.config.tracking import CompareRunsParams, RegistryParams
 from defect_pipeline.config.training import (STAGES, AugmentationParams, ModelParams, RuntimeParams, StageParams,
                                              TrainerParams)
 
@@ -34,7 +34,7 @@ BLOCKS: dict[str, type[StrictModel]] = {
     **{stage: StageParams for stage in STAGES},
     "compare_runs": CompareRunsParams, "thresholds": ThresholdsParams, "evaluation": EvaluationParams,
     "inference": InferenceParams, "export": ExportParams, "diagnosis": DiagnosisParams, "inspect": InspectParams,
-    "compare_backbones": CompareBackbonesParams, "ensemble": EnsembleParams,
+    "compare_backbones": CompareBackbonesParams, "ensemble": EnsembleParams, "registry": RegistryParams,
 }
 """Every known top-level parameter block and the model that validates it."""
 

@@ -18,7 +18,7 @@ from defect_pipeline.ml.model_use import (
     predictor_from_ensemble_spec,
     variant_predictor,
 )
-from defect_pipeline.ml.package import ModelPackage, ModelStore
+from defect_pipeline.ml.package import ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.tracking.pyfunc import load_logged_package
@@ -85,7 +85,7 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
                        "members": [m["ref"] for m in spec["members"]], "weights": spec["weights"],
                        "tta": spec["variants"][spec["final_variant"]]["tta"]}
         return predictor, thresholds, source, description
-    package = ModelPackage.from_path(cfg.checkpoint) if cfg.checkpoint else model.load()
+    package = load_member(cfg.checkpoint, load_logged=load_logged_package) if cfg.checkpoint else model.load()
     thresholds, source = _thresholds_of(package.thresholds, cfg)
     predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
                           onnx_threads=runtime.onnx_threads, tile_overlap=cfg.tile_overlap)
