@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from defect_pipeline.ml.onnx_runner import import_onnx_package
 from defect_pipeline.ml.package import ONNX_FILE, ONNX_META_FILE, ModelPackage
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ class OnnxExport:
 def export_onnx(package: ModelPackage, *, opset: int = 18, tolerance: float = 1e-3,
                 parity_batches: tuple[int, ...] = (2, 3), seed: int = 0) -> OnnxExport:
     """Export ``package`` to ONNX and check parity; the report names ``model.onnx`` in the package's folder."""
-    import onnxruntime as ort
+    for name in ("onnx", "onnxscript"):  # torch.onnx.export(dynamo=True) imports them itself
+        import_onnx_package(name, "the ONNX export (kedro run --pipeline=export)")
+    ort = import_onnx_package("onnxruntime", "the ONNX export's parity check")
 
     model = package.build_model()
     size = int(package.meta["image_size"])

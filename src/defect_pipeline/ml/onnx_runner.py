@@ -8,11 +8,27 @@ predictor's preprocessing and decisions are the same for both backends.
 
 from __future__ import annotations
 
+import importlib
 import json
+from types import ModuleType
 
 import torch
 
 from defect_pipeline.ml.package import ONNX_FILE, ONNX_META_FILE, ModelPackage
+
+
+#: the install line named when an ONNX package is missing (the packages are the ``onnx`` extra of pyproject.toml)
+ONNX_EXTRA_INSTALL = 'pip install -c constraints.txt -e ".[onnx]"'
+
+
+def import_onnx_package(name: str, purpose: str) -> ModuleType:
+    """Import ``name`` (onnx, onnxscript, onnxruntime) or say which extra installs it and what needs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"{purpose} needs the package {name!r}, which is not installed: it is part of the "
+                          f"project's optional ONNX extra; install it with {ONNX_EXTRA_INSTALL} (the dev extra "
+                          "includes it), or use inference.backend: torch") from error
 
 
 class OnnxRunner:
@@ -28,7 +44,7 @@ class OnnxRunner:
         if exported_from != package.weights_sha256:
             raise ValueError(f"{package.folder / ONNX_FILE} was exported from other weights than this package's "
                              "(stale export); run `kedro run --pipeline=export` again")
-        import onnxruntime as ort
+        ort = import_onnx_package("onnxruntime", "inference.backend: onnx")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (one thread per physical core)
