@@ -77,8 +77,14 @@ class DataParams(StrictModel):
         None, description="defect class names; class-index masks use index i+1 for classes[i]"
     )
     mask_type: MaskType = "auto"
-    good_labels: list[str] = ["good", "ok", "free", "normal", "no_defect", "defect_free"]
+    good_labels: list[str] = Field(
+        ["good", "ok", "free", "normal", "no_defect", "defect_free"],
+        description="a class folder (or CSV label) holds defect-free images when one of these appears in its "
+                    "name as whole words, split on _ - and spaces, case-insensitive (XY_Free, OK-parts)")
     good_label: str = "good"
+    class_prefix: str | None = Field(
+        "auto", description="class folders: auto strips the prefix every class folder shares (XY_Pit, XY_Free "
+                            "→ Pit, good); null keeps the folder names; a string strips that prefix")
     mask_suffixes: list[str] = ["_mask", "_label", "_gt", ""]
     labels_csv: str | None = Field(
         None, description="images_masks layout: CSV with columns image,label (relative to raw_root)"

@@ -2,7 +2,8 @@
 
 * ``class_folders``: ``<root>/[<split>/]<Class>/<stem>.<ext>`` with the mask beside its image,
   same stem (``img_001.jpg`` + ``img_001.png``) or with a suffix (``img_001_mask.png``);
-  defect-free folders (``good``, ``ok``, ...) may have no masks.
+  defect-free folders (a word of the name is a good label: ``good``, ``XY_Free``, ``OK-parts``)
+  may have no masks; a prefix every class folder shares (``XY_``) is stripped from class names.
 * ``images_masks``: ``<root>/images/**`` and ``<root>/masks/**`` mirrored by relative path and
   stem, labels from an optional CSV (``image,label``) or else from the mask.
 * ``mmseg``: ``<root>/img_dir/<split>/`` and ``<root>/ann_dir/<split>/`` with class-index masks.
@@ -23,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from defect_pipeline.data.class_names import is_good_label, shared_class_prefix
+
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 LOSSLESS_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -42,6 +45,20 @@ class ScanOptions:
     mask_suffixes: tuple[str, ...] = ("_mask", "_label", "_gt", "")
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
     labels_csv: str | None = None
+    #: ``auto``: strip the prefix every class folder shares; None: keep names; else: strip this prefix
+    class_prefix: str | None = "auto"
+    #: ``data.classes`` as configured: ``auto`` keeps folder names that it lists verbatim
+    classes: tuple[str, ...] | None = None
+
+
+def _class_prefix(folder_names: list[str], opts: ScanOptions) -> str:
+    if opts.class_prefix is None:
+        return ""
+    if opts.class_prefix != "auto":
+        return opts.class_prefix
+    if opts.classes and set(folder_names) & set(opts.classes):
+        return ""  # data.classes names the folders as they are
+    return shared_class_prefix(folder_names)
 
 
 @dataclass
@@ -52,6 +69,8 @@ class ScanResult:
     rows: list[dict]
     ignored_files: list[str] = field(default_factory=list)
     class_folders: list[str] = field(default_factory=list)
+    class_prefix: str = ""  # stripped from every class folder's name
+    good_folders: list[str] = field(default_factory=list)  # folders read as defect-free
 
     @property
     def files_scanned(self) -> int:
@@ -186,9 +205,11 @@ def _scan_class_folders(root: Path, opts: ScanOptions) -> ScanResult:
     else:
         class_dirs = [(None, p) for p in top_dirs]
     rows: list[dict] = []
-    good = {g.lower() for g in opts.good_labels}
+    prefix = _class_prefix([d.name for _, d in class_dirs], opts)
+    names = {d.name: d.name[len(prefix):] if prefix and d.name.startswith(prefix) else d.name for _, d in class_dirs}
+    good = {name for name, stripped in names.items() if is_good_label(stripped, opts.good_labels)}
     for split, class_dir in class_dirs:
-        label = opts.good_label if class_dir.name.lower() in good else class_dir.name
+        label = opts.good_label if class_dir.name in good else names[class_dir.name]
         files_by_folder: dict[str, list[str]] = defaultdict(list)
         for path in _files_under(class_dir, root):
             files_by_folder[str(PurePosixPath(path).parent)].append(path)
@@ -215,8 +236,9 @@ def _scan_class_folders(root: Path, opts: ScanOptions) -> ScanResult:
                                        reason="outside_class_folder: image is not inside a class folder"))
             else:
                 ignored.append(rel)
-    labels = sorted({d.name for _, d in class_dirs if d.name.lower() not in good})
-    return ScanResult("class_folders", rows + loose_rows, ignored, labels)
+    labels = sorted({names[d.name] for _, d in class_dirs if d.name not in good})
+    return ScanResult("class_folders", rows + loose_rows, ignored, labels, class_prefix=prefix,
+                      good_folders=sorted(good))
 
 
 def _read_labels_csv(path: Path) -> dict[str, str]:
@@ -304,7 +326,7 @@ def _scan_images_masks(root: Path, opts: ScanOptions) -> ScanResult:
         for key in (rel, PurePosixPath(rel).name, image):
             if key in labels:
                 value = labels[key]
-                return (opts.good_label if value.lower() in {g.lower() for g in opts.good_labels} else value), "csv"
+                return (opts.good_label if is_good_label(value, opts.good_labels) else value), "csv"
         return None, "mask"
 
     def split_of(path: str) -> str | None:
@@ -313,7 +335,7 @@ def _scan_images_masks(root: Path, opts: ScanOptions) -> ScanResult:
 
     rows = _pair_mirrored(root, image_dir, dirs["masks"], opts, split_of, label_of)
     ignored = [f for f in _loose_files(root, {"images", "masks"}) if f != opts.labels_csv]
-    classes = sorted({v for v in labels.values() if v.lower() not in {g.lower() for g in opts.good_labels}})
+    classes = sorted({v for v in labels.values() if not is_good_label(v, opts.good_labels)})
     return ScanResult("images_masks", rows, ignored, classes)
 
 

@@ -59,6 +59,30 @@ def _per_class_mask_stats(accepted: pd.DataFrame, classes: list[str], mask_type:
     return stats
 
 
+def defect_free_looking_classes(manifest: pd.DataFrame, good_label: str) -> list[dict[str, Any]]:
+    """Defect classes none of whose images has a defect pixel: every mask empty (or absent).
+
+    Such a class is almost always a defect-free folder whose name ``data.good_labels`` does not
+    match (its images were quarantined as ``empty_mask`` / ``missing_mask``); each entry names the
+    class, the counts and the setting that fixes it.
+    """
+    rows = manifest[manifest["image_path"].notna() & manifest["label"].notna() & (manifest["label"] != good_label)]
+    codes = rows["reason"].fillna("").map(_reason_code)
+    empty = codes.isin(["empty_mask", "missing_mask"]) | rows["flags"].fillna("").str.contains("empty_mask")
+    found = []
+    for label, group in rows.groupby("label", sort=True):
+        n_empty = int(empty[group.index].sum())
+        if n_empty and not (group["mask_area"].fillna(0) > 0).any():
+            found.append({
+                "class": str(label), "images": int(len(group)), "empty_or_missing_masks": n_empty,
+                "advice": f"class '{label}': none of its {len(group)} images has a defect pixel ({n_empty} with an "
+                          f"empty or missing mask) — it looks defect-free. If it is, add '{label}' (or a word of "
+                          "its folder name) to data.good_labels in conf/<env>/parameters_data.yml and run "
+                          "`kedro run --pipeline=data` again",
+            })
+    return found
+
+
 def build_data_report(manifest: pd.DataFrame, *, raw_source: dict, scan_summary: dict,
                       split_summary: dict, classes: list[str], good_label: str) -> dict[str, Any]:
     """Summarise the final manifest for people and for MLflow.
@@ -76,6 +100,7 @@ def build_data_report(manifest: pd.DataFrame, *, raw_source: dict, scan_summary:
     reasons = Counter(_reason_code(r) for r in quarantined["reason"])
     mask_type = str(manifest["mask_type"].dropna().iloc[0]) if manifest["mask_type"].notna().any() else "binary"
     flags = _flag_counts(manifest["flags"])
+    looks_defect_free = defect_free_looking_classes(manifest, good_label)
     return {
         "synthetic_demo_data": raw_source.get("source") == "demo",
         "raw_root": raw_source.get("raw_root"),
@@ -83,6 +108,9 @@ def build_data_report(manifest: pd.DataFrame, *, raw_source: dict, scan_summary:
         "mask_type": mask_type,
         "classes": classes,
         "good_label": good_label,
+        "class_prefix": scan_summary.get("class_prefix", ""),
+        "good_folders": scan_summary.get("good_folders", []),
+        "defect_free_looking_classes": looks_defect_free,
         "manifest_hash": manifest_hash(manifest),
         "accounting": {
             "files_scanned": int(scan_summary.get("files_scanned", files_in_rows)),
@@ -117,7 +145,8 @@ def build_data_report(manifest: pd.DataFrame, *, raw_source: dict, scan_summary:
             "per_class": _per_class_mask_stats(accepted, classes, mask_type),
         },
         "split": split_summary,
-        "warnings": split_summary.get("warnings", []),
+        "warnings": split_summary.get("warnings", [])
+                    + [c["advice"] for c in looks_defect_free],
     }
 
 
@@ -136,8 +165,16 @@ def render_data_report_markdown(report: dict[str, Any], quarantine: pd.DataFrame
         f"- Manifest hash: `{report['manifest_hash'][:16]}`",
         f"- Split: {report['split'].get('strategy')} (seed {report['split'].get('seed')})",
     ]
+    if report.get("good_folders"):
+        parts.append(f"- Defect-free folders (a word of the name is in data.good_labels): "
+                     f"{', '.join(report['good_folders'])}")
+    if report.get("class_prefix"):
+        parts.append(f"- Prefix shared by every class folder, stripped from class names: `{report['class_prefix']}` "
+                     "(data.class_prefix: null keeps the folder names)")
     if acc["ignored_files"]:
         parts.append(f"- Not part of the layout (left alone): {', '.join(acc['ignored_files'][:20])}")
+    for entry in report.get("defect_free_looking_classes", []):
+        parts.append(f"- **Looks defect-free**: {entry['advice']}")
     parts += ["", "## Accepted samples per split and class", ""]
     labels = sorted({label for counts in report["class_counts"].values() for label in counts})
     splits = sorted(report["class_counts"])

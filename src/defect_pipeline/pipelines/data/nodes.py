@@ -44,11 +44,16 @@ def organize(raw_source: dict[str, Any], params: DataParams) -> tuple[pd.DataFra
     """Scan the raw root into one manifest row per sample (or unusable file)."""
     opts = ScanOptions(layout=params.layout, good_labels=tuple(params.good_labels), good_label=params.good_label,
                        mask_suffixes=tuple(params.mask_suffixes), image_extensions=tuple(params.image_extensions),
-                       labels_csv=params.labels_csv)
+                       labels_csv=params.labels_csv, class_prefix=params.class_prefix,
+                       classes=tuple(params.classes) if params.classes else None)
     scan = scan_raw_root(raw_source["raw_root"], opts)
     classes = params.classes or scan.class_folders
     summary = {"layout": scan.layout, "files_scanned": scan.files_scanned, "ignored_files": scan.ignored_files,
-               "classes": classes, "mask_type": resolve_mask_type(params.mask_type, scan.layout)}
+               "classes": classes, "mask_type": resolve_mask_type(params.mask_type, scan.layout),
+               "class_prefix": scan.class_prefix, "good_folders": scan.good_folders}
+    if scan.class_prefix:
+        logger.info("organize: class folders share the prefix %r, stripped from class names (data.class_prefix)",
+                    scan.class_prefix)
     logger.info("organize: %s layout, %d files scanned, %d rows", scan.layout, scan.files_scanned, len(scan.rows))
     return pd.DataFrame(scan.rows), summary
 
