@@ -8,6 +8,11 @@ MLflow pyfunc model uses too) through a
 with ``status`` ``ok`` (prediction columns filled), ``error`` (unreadable: the reason is in
 ``error``) or ``skipped`` (a symlink leaving the input folder, when not followed). Masks are kept
 as PNG bytes (small: mostly background), so memory stays low for large folders.
+
+:func:`entry_status` is the one place that decides, per entry, whether a path can be read at all
+(a symlink loop, a broken link, a folder, a zero-byte file are rows with their reason, never an
+exception); the folder listing and the MLflow pyfunc model both call it, and decoding errors (a
+decompression bomb, a truncated file) become rows in :func:`stream_predictions`.
 """
 
 from __future__ import annotations
@@ -36,13 +41,48 @@ logger = logging.getLogger(__name__)
 COLUMNS = ["path", "relative_path", "status", "error", "width", "height", "label", "defect_score", "defect_area"]
 
 
+def entry_status(path: str | os.PathLike, *, root: Path | None = None, follow_symlinks: bool = True
+                 ) -> tuple[str, str]:
+    """``("pending", "")`` when ``path`` is a regular, non-empty file to read, else ``("error" | "skipped", reason)``.
+
+    ``root`` (resolved): a symlink whose target lies outside it is ``skipped`` unless ``follow_symlinks``.
+    Never raises for a bad entry: a symlink loop, a broken link, a folder, a missing or empty file and
+    an unreadable directory entry are each an ``error`` with the reason.
+    """
+    path = Path(path)
+    try:
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=True)
+            except RuntimeError:  # Python < 3.13 reports a loop as RuntimeError
+                return "error", f"symlink loop: {path} points (through links) back to itself"
+            except FileNotFoundError:
+                return "error", f"broken symlink to {os.readlink(path)}"
+            except OSError as error:  # ELOOP on newer Pythons
+                return "error", f"unresolvable symlink ({error.strerror or error})"
+            if root is not None and not follow_symlinks and not target.is_relative_to(root):
+                return "skipped", (f"symlink to {target}, outside the input folder (set inference.follow_symlinks: "
+                                   "true to read it)")
+        if not path.exists():
+            return "error", f"no such file: {path}"
+        if not path.is_file():
+            return "error", f"not a regular file (a folder or device): {path}"
+        if path.stat().st_size == 0:
+            return "error", "empty_file: file has 0 bytes"
+    except OSError as error:
+        return "error", f"{type(error).__name__}: {error}"
+    return "pending", ""
+
+
 def list_images(input_dir: str | os.PathLike, *, extensions: list[str], follow_symlinks: bool = False
                 ) -> tuple[pd.DataFrame, list[str]]:
     """Image files under ``input_dir`` (sorted) and the other files that were ignored.
 
-    Hidden files and folders (``.name``) are not searched. A symlink whose target lies outside
-    ``input_dir`` is listed with status ``skipped`` unless ``follow_symlinks``; a broken symlink
-    is an ``error`` row.
+    Hidden files and folders (``.name``) are not searched. Every listed file gets its
+    :func:`entry_status`: a symlink whose target lies outside ``input_dir`` is ``skipped`` unless
+    ``follow_symlinks``; a broken or looping symlink and an empty file are ``error`` rows. With
+    ``follow_symlinks``, a linked folder already listed (a folder loop) is not entered again: it is
+    named among the ignored files.
     """
     root = Path(input_dir).expanduser()
     if not root.is_dir():
@@ -51,8 +91,22 @@ def list_images(input_dir: str | os.PathLike, *, extensions: list[str], follow_s
     root_real = root.resolve()
     wanted = {e.lower() for e in extensions}
     rows, ignored = [], []
+    visited = {root_real}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if follow_symlinks:  # a linked folder seen before (a loop) is not walked twice
+            for name in list(dirnames):
+                try:
+                    real = Path(dirpath, name).resolve(strict=True)
+                except (OSError, RuntimeError) as error:  # vanished or unresolvable: named, not walked
+                    dirnames.remove(name)
+                    ignored.append(f"{Path(dirpath, name).relative_to(root).as_posix()}/ ({error})")
+                    continue
+                if real in visited:
+                    dirnames.remove(name)
+                    ignored.append(f"{Path(dirpath, name).relative_to(root).as_posix()}/ (already walked: {real}; "
+                                   "a symlink loop or a second link to it)")
+                visited.add(real)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -61,15 +115,8 @@ def list_images(input_dir: str | os.PathLike, *, extensions: list[str], follow_s
             if path.suffix.lower() not in wanted:
                 ignored.append(relative)
                 continue
-            row = {"path": str(path), "relative_path": relative, "status": "pending", "error": ""}
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.exists():
-                    row.update(status="error", error=f"broken symlink to {os.readlink(path)}")
-                elif not follow_symlinks and not target.is_relative_to(root_real):
-                    row.update(status="skipped", error=f"symlink to {target}, outside the input folder "
-                                                       "(set inference.follow_symlinks: true to read it)")
-            rows.append(row)
+            status, reason = entry_status(path, root=root_real, follow_symlinks=follow_symlinks)
+            rows.append({"path": str(path), "relative_path": relative, "status": status, "error": reason})
     return pd.DataFrame(rows, columns=["path", "relative_path", "status", "error"]), ignored
 
 

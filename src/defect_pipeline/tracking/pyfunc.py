@@ -95,7 +95,7 @@ def predict_frame(predictor: Any, model_input: Any, *, batch_size: int = 16, mas
                   ) -> pd.DataFrame:
     """One row per record: the prediction, or ``status: error`` with the reason (a bad record, an unreadable
     file) — one bad record never fails the others. Masks in ``mask_format`` (:data:`~defect_pipeline.ml.serving.MASK_FORMATS`)."""
-    from defect_pipeline.ml.inference import stream_predictions
+    from defect_pipeline.ml.inference import entry_status, stream_predictions
     from defect_pipeline.ml.serving import RecordError, check_mask_format, encode_mask
 
     check_mask_format(mask_format)
@@ -103,8 +103,16 @@ def predict_frame(predictor: Any, model_input: Any, *, batch_size: int = 16, mas
     rows: list[dict[str, Any]] = [{**({"path": paths[i]} if paths is not None else {}), "status": "error",
                                    "error": item.message if isinstance(item, RecordError) else "",
                                    "thresholds": predictor.thresholds.source} for i, item in enumerate(items)]
-    valid = ((i, item) for i, item in enumerate(items) if not isinstance(item, RecordError))
-    for index, prediction, error, _ in stream_predictions(valid, predictor, batch_size=batch_size):
+    readable = []  # a path that cannot be read at all (loop, folder, empty file) is its row's error, per entry
+    for index, item in enumerate(items):
+        if isinstance(item, RecordError):
+            continue
+        status, reason = entry_status(item) if isinstance(item, (str, Path)) else ("pending", "")
+        if status == "pending":
+            readable.append((index, item))
+        else:
+            rows[index].update(status=status, error=reason)
+    for index, prediction, error, _ in stream_predictions(readable, predictor, batch_size=batch_size):
         if prediction is None:
             rows[index]["error"] = error
         else:
