@@ -1,5 +1,8 @@
 """Pre-run checks: a run that cannot succeed is refused before any node runs (nothing written, no MLflow run).
 
+The refusal is a :class:`click.ClickException`, so ``kedro run`` prints its few lines (``Error: ...``) and
+exits 1 instead of a traceback; in Python (``KedroSession.run``) it is raised like any error.
+
 Locations come from the catalog's resolved configuration (the ``filepath`` or ``path`` Kedro
 itself treats as a location, made absolute by the context), never from a dataset's private
 attributes.
@@ -11,16 +14,31 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines as registered_pipelines
 from kedro.io.core import get_protocol_and_path
 
 from defect_pipeline.config import DataParams, StageParams
+from defect_pipeline.hooks.missing_inputs import (
+    missing_inputs,
+    missing_inputs_message,
+    pipelines_to_run,
+    producers,
+)
 from defect_pipeline.ml.dataset import labels_from_manifest
 from defect_pipeline.tracking.runs import TRACKED_STAGE_TAG, kind_of
 
 
-class PreRunChecksError(RuntimeError):
-    """A run that cannot succeed, refused before any node runs (nothing written, no MLflow run)."""
+class PreRunChecksError(click.ClickException, RuntimeError):
+    """A run that cannot succeed, refused before any node runs (nothing written, no MLflow run).
+
+    ``kedro run`` shows it as ``Error: <message>`` and exits 1, without a traceback.
+    """
+
+
+class MissingInputsError(PreRunChecksError):
+    """The run reads what another pipeline makes, and it is not there yet."""
 
 
 def local_path(catalog: Any, name: str) -> Path | None:
@@ -73,6 +91,8 @@ def stage_start_problem(stage: str, previous: str, previous_labels: dict[str, An
 class PreRunChecksHook:
     """Checks that need the pipeline and catalog, before any node runs and before kedro-mlflow's run.
 
+    * what the run reads that another pipeline makes must be there (a fresh clone's
+      ``kedro run --pipeline=stage2``): otherwise the message names it and the commands that make it;
     * every output location of the pipeline can be written (a file where a folder is needed, a
       read-only folder);
     * a stage that starts from the previous stage's model (``init_from: stageN``) when that stage
@@ -83,11 +103,44 @@ class PreRunChecksHook:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        _refuse_missing_inputs(run_params, pipeline, catalog)
         problems = unwritable_outputs({name: path for name in sorted(pipeline.all_outputs())
                                        if (path := local_path(catalog, name)) is not None})
         problems += _stage_problems(pipeline, catalog)
         if problems:
             raise PreRunChecksError("this run cannot succeed; nothing was run:\n  - " + "\n  - ".join(problems))
+
+
+def _shown(path: Path | None) -> Path | None:
+    """``path`` relative to the working directory when it lies below it (as the user typed it)."""
+    if path is None:
+        return None
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _as_dict(block: Any) -> dict[str, Any] | None:
+    """A parameter block as a dictionary (Kedro hands typed blocks to hooks as the models nodes are annotated with)."""
+    return block.model_dump() if hasattr(block, "model_dump") else block
+
+
+def _refuse_missing_inputs(run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+    """Raise :class:`MissingInputsError` when the run reads what another pipeline makes and it is not there."""
+    registry = dict(registered_pipelines.items())
+    made_by = producers(registry)
+    parameters = catalog.load("parameters") if catalog.exists("parameters") else {}
+    checks = {"params": lambda block: _as_dict(parameters.get(block)), "exists": catalog.exists,
+              "location": lambda name: _shown(local_path(catalog, name))}
+    missing = missing_inputs(pipeline, made_by, **checks)
+    if not missing:
+        return
+    names = run_params.get("pipeline_names") or []
+    run = "kedro run" + (f" --pipeline={names[0]}" if len(names) == 1 else
+                         f" --pipelines={','.join(names)}" if names else "")
+    to_run = pipelines_to_run(missing, registry, made_by, **checks)
+    raise MissingInputsError(missing_inputs_message(run, missing, to_run, run_params.get("env")))
 
 
 def _stage_problems(pipeline: Any, catalog: Any) -> list[str]:
