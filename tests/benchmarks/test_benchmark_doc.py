@@ -62,3 +62,17 @@ def test_a_generated_section_holds_its_command_machine_line_and_table_rows(tmp_p
         "| convnext_atto | failed_memory | – | – | – | – | – |",
     ]
     assert lines[-1] == "| criterion | backbone |"
+
+
+def test_a_section_is_read_from_the_environments_data_root(tmp_path: Path) -> None:
+    """``--env neu_seg`` writes below data/neu_seg: ``--data-root`` points the command there (before the
+    option existed, only <project>/data was read)."""
+    out = tmp_path / "project/data/neu_seg/08_reporting/compare_backbones"
+    out.mkdir(parents=True)
+    pd.DataFrame([{"slot": 1, "backbone": "resnet18", "status": "ok", "parameters_m": 11.4, "epochs_run": 3,
+                   "training_seconds": 61.0, "best_val_loss": 0.5, "best_val_combined_score": 0.6,
+                   "cpu_threads": 2}]).to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text("# Backbone comparison\n\n## Recommendations\n\n| criterion | backbone |\n")
+    doc = tmp_path / "benchmarks.md"
+    backbones.main(["--project", str(tmp_path / "project"), "--data-root", "data/neu_seg", "--doc", str(doc)])
+    assert "| resnet18 | ok |" in doc.read_text()

@@ -17,9 +17,9 @@ from tests.conftest import run_kedro
 pytestmark = pytest.mark.slow
 
 
-def _outputs(project: Path) -> tuple[pd.DataFrame, dict]:
-    manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
-    report = json.loads((project / "data/08_reporting/data_report.json").read_text())
+def _outputs(project: Path, data_root: str = "data") -> tuple[pd.DataFrame, dict]:
+    manifest = pd.read_parquet(project / data_root / "03_primary/manifest.parquet")
+    report = json.loads((project / data_root / "08_reporting/data_report.json").read_text())
     return manifest, report
 
 
@@ -101,7 +101,7 @@ def test_the_pipelines_are_registered() -> None:
 def test_neu_seg_by_configuration_only(kedro_project: Path, neu_seg_root: Path) -> None:
     run_kedro(kedro_project, "data", env="neu_seg", params={"data": {"raw_root": str(neu_seg_root)}})
 
-    manifest, report = _outputs(kedro_project)
+    manifest, report = _outputs(kedro_project, "data/neu_seg")  # the environment's own data root
     acc = report["accounting"]
     assert acc["samples"] == 4470 and acc["files_scanned"] == 8940 and acc["balanced"]
     assert report["layout"] == "mmseg" and report["mask_type"] == "class_index"

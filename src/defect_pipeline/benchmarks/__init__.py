@@ -33,7 +33,8 @@ def project_report_arguments(name: str, argv: list[str] | None, *, title: str, c
                              recipe: str) -> argparse.Namespace:
     """Arguments of the commands that copy a pipeline's result table from a project into a section."""
     parser = argparse.ArgumentParser(prog=f"python -m defect_pipeline.benchmarks {name}")
-    parser.add_argument("--project", default=".", help="project folder whose data/ holds the run's outputs")
+    parser.add_argument("--project", default=".", help="project folder whose data root holds the run's outputs")
+    parser.add_argument("--data-root", default="data", help="the run's data root below --project: data (default environment), data/neu_seg (--env neu_seg)")
     parser.add_argument("--title", default=title)
     parser.add_argument("--command", default=command, help="the command that produced the outputs")
     parser.add_argument("--recipe", default=recipe, help="the parameters file of that run")

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = project_report_arguments("backbones", argv, title="backbone comparison",
                                     command="kedro run --env neu_seg --pipeline=compare_backbones",
                                     recipe="conf/neu_seg/parameters_comparison.yml")
-    out = Path(args.project) / "data/08_reporting/compare_backbones"
+    out = Path(args.project) / args.data_root / "08_reporting/compare_backbones"
     table = pd.read_csv(out / "comparison.csv")
     markdown = (out / "comparison.md").read_text()
     recommendations = markdown.split("## Recommendations", 1)[1].strip() if "## Recommendations" in markdown else ""

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = project_report_arguments("ensemble", argv, title="ensembles and test-time augmentation",
                                     command="kedro run --env neu_seg --pipeline=ensemble",
                                     recipe="conf/neu_seg/parameters_evaluation.yml")
-    summary = json.loads((Path(args.project) / "data/08_reporting/ensemble/summary.json").read_text())
+    summary = json.loads((Path(args.project) / args.data_root / "08_reporting/ensemble/summary.json").read_text())
     rows = [[row["variant"], row["tta"], f"{row['images_per_s']:.1f}",
              *(f"{_pct(row['fixed_' + k])} / {_pct(row['tuned_' + k])}"
                for k in ("combined_score", "miou", "miou_defects", "macro_f1"))]

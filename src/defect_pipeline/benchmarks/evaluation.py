@@ -87,7 +87,8 @@ def threads_sentence(torch_threads: int, onnx_threads: int | None, cores: int | 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks evaluation")
-    parser.add_argument("--project", default=".", help="project folder whose data/ holds the run")
+    parser.add_argument("--project", default=".", help="project folder whose data root holds the run")
+    parser.add_argument("--data-root", default="data", help="the run's data root below --project: data (default environment), data/neu_seg (--env neu_seg)")
     parser.add_argument("--title", default="test split")
     parser.add_argument("--command", default="kedro run --env neu_seg && kedro run --env neu_seg --pipeline=export",
                         help="the commands that produced the run")
@@ -103,15 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     from defect_pipeline.data.imageio import load_image
 
     project = Path(args.project)
-    summary = json.loads((project / "data/08_reporting/evaluation/summary.json").read_text())
-    manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
-    root = Path(json.loads((project / "data/01_raw/raw_source.json").read_text())["raw_root"])
+    summary = json.loads((project / args.data_root / "08_reporting/evaluation/summary.json").read_text())
+    manifest = pd.read_parquet(project / args.data_root / "03_primary/manifest.parquet")
+    root = Path(json.loads((project / args.data_root / "01_raw/raw_source.json").read_text())["raw_root"])
     root = root if root.is_absolute() else project / root
     rows = manifest[(manifest["split"] == summary["split"]) & (manifest["status"] == "accepted")]
     images = [load_image(root / p) for p in rows["image_path"].head(args.images)]
-    speed = measure(project / "data/06_models/tuned", images, batch_size=args.batch_size, rounds=args.rounds,
+    speed = measure(project / args.data_root / "06_models/tuned", images, batch_size=args.batch_size, rounds=args.rounds,
                     onnx_threads=args.onnx_threads)
-    export = json.loads((project / "data/08_reporting/export/onnx_export.json").read_text())
+    export = json.loads((project / args.data_root / "08_reporting/export/onnx_export.json").read_text())
 
     fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
     model, t = summary["model"], summary["thresholds_tuned"]
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Produced by `{args.command}`, then `python -m defect_pipeline.benchmarks evaluation --project "
         f"{args.project}` on {describe_machine()}. Model: {model['backbone']} + {model['decoder']} "
         f"({model['stage']}, epoch {model['epoch']}, {model['image_size']} px); initial weights: "
-        f"{weights_lineage(project, model['stage'])}. "
+        f"{weights_lineage(project, model['stage'], args.data_root)}. "
         f"Tuned on val: pixel {t['pixel']:.3f}, min area {t['min_area']} px, classes: {per_class}"
         + (f", image {t['image']:.3f}" if "good" in (summary.get('model', {}).get('classes') or []) else "") + ".",
         "",

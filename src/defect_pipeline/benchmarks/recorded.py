@@ -21,12 +21,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-REPORTING = "data/08_reporting"
+REPORTING = "08_reporting"
+#: the default environment's data root below the project (``--env neu_seg`` writes below ``data/neu_seg``)
+DATA_ROOT = "data"
 
 
-def read_training_summary(project: Path, stage: str) -> dict[str, Any] | None:
-    """``<project>/data/08_reporting/<stage>/training_summary.json``, or None when there is none."""
-    path = Path(project) / REPORTING / stage / "training_summary.json"
+def read_training_summary(project: Path, stage: str, data_root: str = DATA_ROOT) -> dict[str, Any] | None:
+    """``<project>/<data_root>/08_reporting/<stage>/training_summary.json``, or None when there is none."""
+    path = Path(project) / data_root / REPORTING / stage / "training_summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -64,27 +66,27 @@ def _checkpoint_model_config(summary: dict[str, Any], project: Path) -> dict[str
     return None
 
 
-def _previous_stage(project: Path, init_from: str) -> str | None:
+def _previous_stage(project: Path, init_from: str, data_root: str = DATA_ROOT) -> str | None:
     """The stage of this project whose ``best.pt`` ``init_from`` names, if it is one."""
     path = Path(init_from)
-    if path.name != "best.pt" or read_training_summary(project, path.parent.name) is None:
+    if path.name != "best.pt" or read_training_summary(project, path.parent.name, data_root) is None:
         return None
     return path.parent.name
 
 
-def weights_lineage(project: Path, stage: str) -> str:
+def weights_lineage(project: Path, stage: str, data_root: str = DATA_ROOT) -> str:
     """Where ``stage``'s weights came from, back to the first stage, e.g. ``stage1 from random
     initialisation (…); stage2 from stage1's best checkpoint; stage3 from stage2's best checkpoint``."""
     steps: list[str] = []
     seen: set[str] = set()
     while stage not in seen:
         seen.add(stage)
-        summary = read_training_summary(project, stage)
+        summary = read_training_summary(project, stage, data_root)
         if summary is None:
-            steps.append(f"{stage} from weights not recorded (no {REPORTING}/{stage}/training_summary.json)")
+            steps.append(f"{stage} from weights not recorded (no {data_root}/{REPORTING}/{stage}/training_summary.json)")
             break
         init = initial_weights_of(summary, Path(project))
-        previous = _previous_stage(Path(project), str(init.get("init_from", "")))
+        previous = _previous_stage(Path(project), str(init.get("init_from", "")), data_root)
         if previous is None or previous in seen:
             steps.append(f"{stage} from {init['description']}")
             break

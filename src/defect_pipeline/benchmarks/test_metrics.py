@@ -165,7 +165,8 @@ def render(head: dict[str, Any], *, title: str, measured_by: str, summary: dict[
 def main(argv: list[str] | None = None) -> None:
     """Evaluate the last stage's best checkpoint of a project run; update docs/benchmarks.md (and the JSON)."""
     parser = argparse.ArgumentParser(prog="python -m defect_pipeline.benchmarks test_metrics")
-    parser.add_argument("--project", default=".", help="project folder whose data/ holds the run")
+    parser.add_argument("--project", default=".", help="project folder whose data root holds the run")
+    parser.add_argument("--data-root", default="data", help="the run's data root below --project: data (default environment), data/neu_seg (--env neu_seg)")
     parser.add_argument("--root", required=True, help="raw root the manifest's paths are relative to")
     parser.add_argument("--stages", nargs="+", default=["stage1", "stage2", "stage3"])
     parser.add_argument("--title", default="test split")
@@ -182,28 +183,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     project = Path(args.project)
     last_stage = args.stages[-1]
-    summary = json.loads((project / f"data/08_reporting/{last_stage}/training_summary.json").read_text())
+    summary = json.loads((project / args.data_root / f"08_reporting/{last_stage}/training_summary.json").read_text())
     has_store = args.json or args.run_id or args.tracking_uri or (project / "mlflow.db").is_file()
     try:
         run = recorded_run(project, last_stage, summary, run_id=args.run_id, tracking_uri=args.tracking_uri) \
             if has_store else None
     except RunRecordError as error:
         raise SystemExit(f"test_metrics: {error}") from None
-    manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
-    result = evaluate_checkpoint(project / f"data/06_models/{last_stage}/best.pt", manifest, args.root)
+    manifest = pd.read_parquet(project / args.data_root / "03_primary/manifest.parquet")
+    result = evaluate_checkpoint(project / args.data_root / f"06_models/{last_stage}/best.pt", manifest, args.root)
     training_seconds, epochs, threads = 0.0, [], []
     for stage in args.stages:
-        history = pd.read_csv(project / f"data/08_reporting/{stage}/history.csv")
+        history = pd.read_csv(project / args.data_root / f"08_reporting/{stage}/history.csv")
         training_seconds += float(history["epoch_seconds"].sum())
         epochs.append(f"{stage} {len(history)}")
         threads.extend(history["cpu_threads"] if "cpu_threads" in history.columns else [])
     command = args.command or (run or {}).get("command") or "kedro run --env neu_seg"
     head = headline(result, training_seconds=training_seconds, command=command, run=run, machine=describe_machine())
     measured_by = " ".join(["python -m defect_pipeline.benchmarks test_metrics", f"--project {args.project}",
+                            *([f"--data-root {args.data_root}"] if str(args.data_root) != "data" else []),
                             f"--root {args.root}", *([f"--json {args.json}"] if args.json else [])])
     body = render(head, title=args.title, measured_by=measured_by, summary=summary,
-                  lineage=weights_lineage(project, last_stage), threads=threads_used(threads), epochs=epochs,
-                  stage=last_stage, wall_seconds=args.wall_seconds)
+                  lineage=weights_lineage(project, last_stage, args.data_root), threads=threads_used(threads),
+                  epochs=epochs, stage=last_stage, wall_seconds=args.wall_seconds)
     write_section(Path(args.doc), "test_metrics", body)
     if args.json:
         path = Path(args.json)
