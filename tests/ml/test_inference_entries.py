@@ -82,7 +82,7 @@ def test_every_entry_of_a_hostile_folder_is_one_row_with_its_reason(tmp_path: Pa
 @pytest.mark.parametrize(("make", "status", "reason"), [
     (lambda d: os.symlink("x.png", d / "x.png") or d / "x.png", "error", "symlink loop"),
     (lambda d: os.symlink("gone.png", d / "l.png") or d / "l.png", "error", "broken symlink"),
-    (lambda d: (d / "e.png").write_bytes(b"") and d / "e.png", "error", "empty_file"),
+    (lambda d: (d / "e.png").write_bytes(b"") or d / "e.png", "error", "empty_file"),
     (lambda d: d, "error", "not a regular file"),
     (lambda d: d / "missing.png", "error", "no such file"),
 ])
