@@ -90,6 +90,12 @@ class InferenceParams(StrictModel):
     thresholds: ThresholdOverrides = ThresholdOverrides()
     backend: Literal["torch", "onnx"] = "torch"
     batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0, description="processes that decode the images ahead of the model (0: the "
+                                                  "predicting process reads them itself)")
+    devices: int | Literal["auto"] = Field(
+        1, description="processes that share the images (one per GPU on CUDA, each with its own copy of the "
+                       "model; rows merged in order into one predictions.csv); auto = every visible GPU (1 on CPU). "
+                       "The device itself is trainer.accelerator / trainer.precision")
     write_masks: bool = True
     write_overlays: bool = True
     follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
@@ -99,6 +105,13 @@ class InferenceParams(StrictModel):
                                 description="models trained on crops (model.json input_mode: tile): how much "
                                             "neighbouring tiles overlap, as a fraction of the tile size")
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"]
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"devices must be >= 1 or 'auto', got {value}")
+        return value
 
 
 class EnsembleParams(StrictModel):

@@ -129,3 +129,56 @@ def autocast(device: str, precision: str) -> torch.autocast:
         return torch.autocast(device_type=device.split(":")[0], enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+@dataclass(frozen=True)
+class PredictionDevice:
+    """Where and in which precision the prediction steps (thresholds, evaluate, ensemble, inference) run.
+
+    Resolved from the ``trainer`` block by :func:`resolve_prediction_device`; ``reason`` says why in words,
+    and :meth:`describe` is what the reports record.
+    """
+
+    device: str  # "cpu" | "cuda"
+    precision: str  # "fp32" | "bf16" | "fp16"
+    reason: str = ""
+
+    def describe(self) -> dict[str, str]:
+        return {"accelerator": self.device, "precision": self.precision, "reason": self.reason}
+
+
+def resolve_prediction_device(accelerator: str, precision: str) -> PredictionDevice:
+    """The device and autocast precision of prediction, from ``trainer.accelerator`` and ``trainer.precision``.
+
+    ``accelerator``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``gpu``. ``precision``: ``auto``
+    is bf16 on GPUs that support it (fp16 on older ones) and fp32 on CPUs — unlike training, where a CPU
+    with fast bf16 trains in bf16, predictions on a CPU stay fp32 unless bf16 is asked for, so that they
+    match the ONNX export and the figures of CPU runs; an explicit ``bf16``/``fp16``/``fp32`` is used as given.
+
+    Raises:
+        ValueError: ``cuda`` asked for without CUDA, fp16 on a CPU, or an unknown value (each naming the key).
+    """
+    if accelerator not in ("auto", "cpu", "cuda", "gpu"):
+        raise ValueError(f"trainer.accelerator must be auto, cpu or cuda; got {accelerator!r}")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+    if accelerator == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        why = "trainer.accelerator: auto, " + ("CUDA is available" if device == "cuda" else "no CUDA device")
+    else:
+        device = "cuda" if accelerator in ("cuda", "gpu") else "cpu"
+        why = f"trainer.accelerator: {accelerator}"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"trainer.accelerator is {accelerator} but CUDA is not available on this machine; use "
+                             "trainer.accelerator: auto or cpu")
+    if precision == "auto":
+        if device == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+        why += f"; trainer.precision: auto → {precision}"
+    elif precision == "fp16" and device != "cuda":
+        raise ValueError("trainer.precision fp16 needs a CUDA device for prediction; use auto, fp32 or bf16")
+    else:
+        why += f"; trainer.precision: {precision}"
+    return PredictionDevice(device, precision, why)

@@ -4,7 +4,9 @@
 to do with symlinks; :func:`first_images` keeps the first N of a listing (``inference.limit``);
 :func:`predict_files` streams them (:func:`stream_predictions`, which the
 MLflow pyfunc model uses too) through a
-:class:`~defect_pipeline.ml.predict.Predictor` in batches. Every listed file ends up as a row
+:class:`~defect_pipeline.ml.predict.Predictor` in batches, the files decoded in ``num_workers`` loader
+processes (:func:`read_images`); :mod:`defect_pipeline.ml.sharded_inference` spreads them over several
+processes and merges their rows (:func:`predict_rows`, :func:`as_frame`). Every listed file ends up as a row
 with ``status`` ``ok`` (prediction columns filled), ``error`` (unreadable: the reason is in
 ``error``) or ``skipped`` (a symlink leaving the input folder, when not followed). Masks are kept
 as PNG bytes (small: mostly background), so memory stays low for large folders.
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from defect_pipeline.data.imageio import load_image
@@ -143,13 +146,58 @@ class InferenceResult:
     images_per_s: float = 0.0
 
 
-def stream_predictions(items: Iterable[tuple[int, Any]], predictor: Predictor, *, batch_size: int = 16
-                       ) -> Iterator[tuple[int, Prediction | None, str, tuple[int, int] | None]]:
+def _decode(item: tuple[int, Any]) -> tuple[int, np.ndarray | None, str]:
+    """``(index, image, "")`` of an ``(index, path or array)``; ``(index, None, reason)`` when it cannot be read."""
+    index, source = item
+    try:
+        return index, (load_image(Path(source)) if isinstance(source, str | Path) else np.asarray(source)), ""
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a row, not a crash
+        return index, None, f"{type(error).__name__}: {error}"
+
+
+class _Decoded(Dataset):
+    """:func:`_decode` of each item, for a loader whose worker processes do the decoding."""
+
+    def __init__(self, items: list[tuple[int, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, position: int) -> tuple[int, np.ndarray | None, str]:
+        return _decode(self.items[position])
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def read_images(items: Iterable[tuple[int, Any]], *, num_workers: int = 0
+                ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """``(index, image or None, error)`` of each ``(index, path or array)``, in order.
+
+    ``num_workers`` > 0: the files are decoded in that many loader processes ahead of the model
+    (the main process only predicts); 0: here, one after the other.
+    """
+    if num_workers < 0:
+        raise ValueError(f"inference.num_workers must be >= 0, got {num_workers}")
+    if num_workers == 0:
+        yield from map(_decode, items)
+        return
+    loader = DataLoader(_Decoded(list(items)), batch_size=None, shuffle=False, num_workers=num_workers,
+                        collate_fn=_as_is, prefetch_factor=4)
+    yield from loader
+
+
+def stream_predictions(items: Iterable[tuple[int, Any]], predictor: Predictor, *, batch_size: int = 16,
+                       num_workers: int = 0) -> Iterator[tuple[int, Prediction | None, str, tuple[int, int] | None]]:
     """``(index, prediction or None, error, (height, width) or None)`` for each ``(index, path or image)``.
 
-    Images are read and predicted in batches of ``batch_size``; an unreadable file gives an error
-    right away, and a batch that fails is retried image by image, so one bad image never costs
-    the others their prediction. Results come per batch, not necessarily in input order.
+    Images are read (in ``num_workers`` loader processes, :func:`read_images`) and predicted in batches: each
+    run of ``batch_size`` consecutive items is one batch (less its unreadable files, which give an error right
+    away), so a batch holds the same images however the items are split between processes
+    (:mod:`~defect_pipeline.ml.sharded_inference`). A batch that fails is retried image by image, so one bad
+    image never costs the others their prediction. Results come per batch, not necessarily in input order.
     """
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -167,29 +215,29 @@ def stream_predictions(items: Iterable[tuple[int, Any]], predictor: Predictor, *
         for (index, image), prediction in zip(batch, predictions, strict=True):
             yield index, prediction, "", image.shape[:2]
 
-    for index, item in items:
-        try:
-            image = load_image(Path(item)) if isinstance(item, str | Path) else np.asarray(item)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is a row, not a crash
-            yield index, None, f"{type(error).__name__}: {error}", None
-            continue
-        pending.append((index, image))
-        if len(pending) >= batch_size:
+    for count, (index, image, error) in enumerate(read_images(items, num_workers=num_workers), start=1):
+        if image is None:
+            yield index, None, error, None
+        else:
+            pending.append((index, image))
+        if count % batch_size == 0 and pending:
             yield from flush(pending)
             pending = []
     if pending:
         yield from flush(pending)
 
 
-def predict_files(files: pd.DataFrame, predictor: Predictor, *, batch_size: int = 16) -> InferenceResult:
-    """Predict every ``pending`` row of ``files``; others pass through. Unreadable files become ``error`` rows."""
+def predict_rows(files: pd.DataFrame, predictor: Predictor, *, batch_size: int = 16, num_workers: int = 0
+                 ) -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
+    """The rows of ``files`` with the predictions of its ``pending`` ones filled in, the masks (PNG bytes by name)
+    and how many images were predicted (:func:`predict_files` without the table)."""
     rows = [dict(r) for r in files.to_dict("records")]
     masks: dict[str, bytes] = {}
     todo = [(index, row["path"]) for index, row in enumerate(rows) if row["status"] == "pending"]
-    started = time.perf_counter()
     predicted = 0
     with tqdm(total=len(todo), desc="inference", mininterval=1.0) as bar:
-        for index, prediction, error, shape in stream_predictions(todo, predictor, batch_size=batch_size):
+        for index, prediction, error, shape in stream_predictions(todo, predictor, batch_size=batch_size,
+                                                                  num_workers=num_workers):
             row = rows[index]
             if shape is not None:
                 row.update(height=int(shape[0]), width=int(shape[1]))
@@ -201,7 +249,11 @@ def predict_files(files: pd.DataFrame, predictor: Predictor, *, batch_size: int 
                 row.update(prediction.row(), status="ok", mask_file=f"{name}.png")
                 predicted += 1
             bar.update()
-    seconds = time.perf_counter() - started
+    return rows, masks, predicted
+
+
+def as_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The predictions table of :func:`predict_rows`' rows: :data:`COLUMNS` first, sizes and areas as integers."""
     frame = pd.DataFrame(rows)
     for column in COLUMNS:
         if column not in frame.columns:
@@ -209,7 +261,16 @@ def predict_files(files: pd.DataFrame, predictor: Predictor, *, batch_size: int 
     for column in ("width", "height", "defect_area"):  # integers, empty where there is no prediction
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     ordered = COLUMNS + [c for c in frame.columns if c not in COLUMNS]
-    return InferenceResult(frame[ordered], masks, seconds, predicted / seconds if seconds > 0 else 0.0)
+    return frame[ordered]
+
+
+def predict_files(files: pd.DataFrame, predictor: Predictor, *, batch_size: int = 16, num_workers: int = 0
+                  ) -> InferenceResult:
+    """Predict every ``pending`` row of ``files``; others pass through. Unreadable files become ``error`` rows."""
+    started = time.perf_counter()
+    rows, masks, predicted = predict_rows(files, predictor, batch_size=batch_size, num_workers=num_workers)
+    seconds = time.perf_counter() - started
+    return InferenceResult(as_frame(rows), masks, seconds, predicted / seconds if seconds > 0 else 0.0)
 
 
 def lazy_mask(png: bytes) -> Callable[[], Image.Image]:

@@ -130,10 +130,11 @@ def member_name(index: int, package: ModelPackage) -> str:
 
 def variant_predictor(packages: list[ModelPackage], names: list[str], weights: list[float],
                       variant: dict[str, Any], thresholds: Any = None, *,
-                      tile_overlap: float = DEFAULT_OVERLAP) -> Any:
+                      tile_overlap: float = DEFAULT_OVERLAP, device: str = "cpu", precision: str = "fp32") -> Any:
     """The predictor of one ensemble variant: its members (indices into ``packages``) with its flips
-    (``tile_overlap``: for members that predict by sliding window)."""
-    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds, tile_overlap=tile_overlap)
+    (``tile_overlap``: for members that predict by sliding window), on ``device`` in ``precision``."""
+    members = [Predictor(packages[i], tta=variant["tta"], thresholds=thresholds, tile_overlap=tile_overlap,
+                         device=device, precision=precision)
                for i in variant["members"]]
     if len(members) == 1:
         return members[0]
@@ -155,13 +156,15 @@ def load_ensemble_members(spec: dict[str, Any], *, load_logged: LoggedModelLoade
 def predictor_from_ensemble_spec(spec: dict[str, Any], *, variant: str | None = None,
                                  packages: list[ModelPackage] | None = None,
                                  load_logged: LoggedModelLoader | None = None,
-                                 tile_overlap: float = DEFAULT_OVERLAP) -> Any:
+                                 tile_overlap: float = DEFAULT_OVERLAP, device: str = "cpu",
+                                 precision: str = "fp32") -> Any:
     """The predictor of a tuned ``ensemble.json`` (its final variant unless ``variant`` names another).
 
     ``packages``: the members, already loaded; otherwise they are loaded here (``load_logged`` as in
-    :func:`load_member`).
+    :func:`load_member`). ``device``/``precision``: where the members run.
     """
     chosen = spec["variants"][variant or spec["final_variant"]]
     members = packages if packages is not None else load_ensemble_members(spec, load_logged=load_logged)
     return variant_predictor(members, [m["name"] for m in spec["members"]], spec["weights"], chosen,
-                             Thresholds.from_dict(chosen["thresholds"]), tile_overlap=tile_overlap)
+                             Thresholds.from_dict(chosen["thresholds"]), tile_overlap=tile_overlap, device=device,
+                             precision=precision)

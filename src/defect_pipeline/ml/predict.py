@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from defect_pipeline.ml.device import autocast
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.onnx_runner import OnnxRunner
 from defect_pipeline.ml.package import ModelPackage
@@ -114,19 +115,31 @@ class Predictor(_Decisions):
 
     ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
     PyTorch (same preprocessing and decisions), with ``onnx_threads`` intra-op threads (None:
-    onnxruntime's default, one per physical core).
+    onnxruntime's default, one per physical core), on the GPU when ``device`` is CUDA and
+    onnxruntime-gpu is installed (:class:`~defect_pipeline.ml.onnx_runner.OnnxRunner`).
 
     ``tta``: test-time flips (``hflip``, ``vflip``). Each flipped batch is predicted, its
     probabilities flipped back, and all views (the plain one included) averaged, in mask space
     at the model's input size, before resizing to the image (tile mode: per tile, before
     stitching) — 1 + len(tta) forward passes.
+
+    ``device`` and ``precision`` (``fp32``, ``bf16``, ``fp16``): where the PyTorch network runs and its
+    autocast (:func:`~defect_pipeline.ml.device.resolve_prediction_device` turns the ``trainer`` block into
+    both). On CUDA, batches are copied from pinned memory without blocking. The probabilities always come
+    back to the CPU in fp32. A predictor pickles as its package and options (worker processes rebuild it,
+    :meth:`on` moves it to their device).
     """
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
                  backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = (),
-                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8):
+                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8, precision: str = "fp32"):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self._options = {"thresholds": thresholds, "device": device, "backend": backend, "onnx_threads": onnx_threads,
+                         "tta": tuple(tta), "tile_overlap": tile_overlap, "tile_batch_size": tile_batch_size,
+                         "precision": precision}
         self.input_mode = package.input_mode
         self.input_scale = float(package.meta.get("input_scale", 1.0))  # crops of images rescaled by this
         if not 0.0 < self.input_scale <= 4.0:
@@ -147,11 +160,31 @@ class Predictor(_Decisions):
         self.transform, note = package_transform(package.meta)  # the evaluation transform of training
         if note:
             logger.info("%s: %s", package.folder or "model package", note)
+        self.precision = precision if backend == "torch" else "fp32"
         if backend == "torch":
-            model = package.build_model().to(self.device)
-            self._run = lambda batch: tuple(model(batch.to(self.device)))
+            self._model = package.build_model().to(self.device).eval()
+            self._run = self._forward
         else:
-            self._run = OnnxRunner(package, threads=onnx_threads)
+            self._run = OnnxRunner(package, threads=onnx_threads, device=device)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_predictor, (self.package, {**self._options, "thresholds": self.thresholds})
+
+    def on(self, device: str, precision: str | None = None) -> Predictor:
+        """This predictor with its network on ``device`` (and ``precision``, when given); itself when it is there."""
+        if str(device) == self._options["device"] and precision in (None, self._options["precision"]):
+            return self
+        options = {**self._options, "thresholds": self.thresholds, "device": str(device)}
+        if precision is not None:
+            options["precision"] = precision
+        return Predictor(self.package, **options)
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        on_cuda = self.device.startswith("cuda")
+        if on_cuda:
+            batch = batch.pin_memory()
+        with autocast(self.device, self.precision):
+            return tuple(self._model(batch.to(self.device, non_blocking=on_cuda)))
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:
@@ -236,6 +269,10 @@ class Predictor(_Decisions):
         return seg_probs.cpu(), torch.softmax(cls.float(), dim=1).cpu()
 
 
+def _rebuild_predictor(package: ModelPackage, options: dict[str, Any]) -> Predictor:
+    return Predictor(package, **options)
+
+
 def check_same_classes(members: Sequence[tuple[LabelSpace, str]], names: Sequence[str]) -> None:
     """Refuse ensemble members (label space, seg mode) that do not predict the same classes, naming both."""
     (first_labels, first_mode), first_name = members[0], names[0]
@@ -272,6 +309,15 @@ class EnsemblePredictor(_Decisions):
         self.labels = first.labels
         self.seg_mode = first.seg_mode
         self.thresholds = thresholds or Thresholds()
+
+    def on(self, device: str, precision: str | None = None) -> EnsemblePredictor:
+        """This ensemble with every member on ``device`` (and ``precision``, when given)."""
+        return EnsemblePredictor([m.on(device, precision) for m in self.members], weights=self.weights,
+                                 thresholds=self.thresholds, names=self.names)
+
+    @property
+    def device(self) -> str:
+        return self.members[0].device
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[RawOutput]:
         return list(self.iter_probabilities(images))

@@ -20,8 +20,10 @@ from defect_pipeline.config import (
     EvaluationParams,
     RuntimeParams,
     ThresholdsParams,
+    TrainerParams,
 )
 from defect_pipeline.markdown import markdown_table
+from defect_pipeline.ml.device import resolve_prediction_device
 from defect_pipeline.ml.evaluation import evaluate_split, tune_thresholds
 from defect_pipeline.ml.model_use import (
     apply_runtime,
@@ -54,14 +56,17 @@ def _variants(names: list[str], tta: list[str]) -> dict[str, dict[str, Any]]:
 
 def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
                   ensemble: EnsembleParams, thresholds: ThresholdsParams, data: DataParams,
-                  runtime: RuntimeParams) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``ensemble.json`` (members, weights, each variant's tuned thresholds) and the tuning report."""
+                  runtime: RuntimeParams, trainer: TrainerParams = TrainerParams()
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ensemble.json`` (members, weights, each variant's tuned thresholds) and the tuning report (the members
+    run where ``trainer.accelerator``/``trainer.precision`` say: ``report["device"]``)."""
     if not ensemble.members:
         raise ValueError("ensemble.members is empty: list two or more models (or one, for test-time flips), e.g. "
                          "in conf/local/parameters_evaluation.yml; see docs/evaluation.md")
     if len(ensemble.members) == 1 and not ensemble.tta:
         raise ValueError("one ensemble member and no ensemble.tta: nothing to combine; add members or flips")
     apply_runtime(runtime.cpu_threads)
+    where = resolve_prediction_device(trainer.accelerator, trainer.precision)
     packages = [load_member(ref, load_logged=load_logged_package) for ref in ensemble.members]
     names = [member_name(i, p) for i, p in enumerate(packages)]
     raw_weights = ensemble.weights or [1.0] * len(packages)
@@ -72,11 +77,13 @@ def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summa
                             good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
                             split=thresholds.split)
     variants = _variants(names, ensemble.tta)
-    report: dict[str, Any] = {"split": thresholds.split, "samples": len(dataset), "variants": {}}
+    report: dict[str, Any] = {"split": thresholds.split, "samples": len(dataset), "variants": {},
+                              "device": where.describe()}
     rules = CheckRules(signal_sigmas=thresholds.signal_sigmas, max_accuracy_drop=thresholds.max_accuracy_drop,
                        max_miou_drop=thresholds.max_miou_drop)
     for name, variant in variants.items():
-        result = tune_thresholds(dataset, variant_predictor(packages, names, weights, variant),
+        predictor = variant_predictor(packages, names, weights, variant, device=where.device, precision=where.precision)
+        result = tune_thresholds(dataset, predictor,
                                  criterion=thresholds.criterion, target=thresholds.target,
                                  pixel_metric=thresholds.pixel_metric,
                                  min_area_candidates=thresholds.min_area_candidates, per_class=thresholds.per_class,
@@ -102,17 +109,20 @@ def tune_ensemble(manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summa
 
 def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: dict[str, Any],
                       scan_summary: dict[str, Any], ensemble: EnsembleParams, evaluation: EvaluationParams,
-                      data: DataParams, runtime: RuntimeParams
+                      data: DataParams, runtime: RuntimeParams, trainer: TrainerParams = TrainerParams()
                       ) -> tuple[dict[str, Any], str, dict[str, dict[str, float]]]:
-    """Each variant on the test split at fixed and tuned thresholds: summary, Markdown table, MLflow metrics."""
+    """Each variant on the test split at fixed and tuned thresholds: summary, Markdown table, MLflow metrics
+    (on the device of ``trainer.accelerator``/``trainer.precision``: ``summary["device"]``)."""
     apply_runtime(runtime.cpu_threads)
+    where = resolve_prediction_device(trainer.accelerator, trainer.precision)
     rows, metrics = [], {}
     packages = load_ensemble_members(spec, load_logged=load_logged_package)  # once, for every variant
     dataset = split_dataset(packages[0], manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
                             good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
                             split=evaluation.split)
     for name, variant in spec["variants"].items():
-        predictor = predictor_from_ensemble_spec(spec, variant=name, packages=packages)
+        predictor = predictor_from_ensemble_spec(spec, variant=name, packages=packages, device=where.device,
+                                                 precision=where.precision)
         started = time.perf_counter()
         result = evaluate_split(dataset, predictor, tuned=predictor.thresholds, worst_k=0,
                                 batch_size=ensemble.batch_size, num_workers=ensemble.num_workers)
@@ -129,7 +139,8 @@ def evaluate_ensemble(spec: dict[str, Any], manifest: pd.DataFrame, raw_source: 
                     len(dataset), evaluation.split, fixed["combined_score"], tuned["combined_score"],
                     row["images_per_s"])
     summary = {"split": evaluation.split, "samples": len(dataset), "members": spec["members"],
-               "weights": spec["weights"], "final_variant": spec["final_variant"], "variants": rows}
+               "weights": spec["weights"], "final_variant": spec["final_variant"], "variants": rows,
+               "device": where.describe()}
     return summary, render_ensemble_markdown(summary), metrics
 
 

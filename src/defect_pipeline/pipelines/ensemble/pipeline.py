@@ -12,12 +12,12 @@ def create_pipeline() -> Pipeline:
     return Pipeline([
         Node(nodes.tune_ensemble,
              ["manifest", "raw_source", "scan_summary", "params:ensemble", "params:thresholds", "params:data",
-              "params:runtime"],
+              "params:runtime", "params:trainer"],
              ["ensemble_model", "ensemble_thresholds"], name="tune_ensemble",
              tags=[TRACKED_STAGE_TAG, kind_tag("ensemble_thresholds")]),
         Node(nodes.evaluate_ensemble,
              ["ensemble_model", "manifest", "raw_source", "scan_summary", "params:ensemble", "params:evaluation",
-              "params:data", "params:runtime"],
+              "params:data", "params:runtime", "params:trainer"],
              ["ensemble_summary", "ensemble_report", "ensemble_metrics"], name="evaluate_ensemble",
              tags=[TRACKED_STAGE_TAG, kind_tag("ensemble_evaluation")]),
     ])

@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from defect_pipeline.config import DataParams, EvaluationParams, RuntimeParams
+from defect_pipeline.config import DataParams, EvaluationParams, RuntimeParams, TrainerParams
+from defect_pipeline.ml.device import resolve_prediction_device
 from defect_pipeline.ml.evaluation import evaluate_split
 from defect_pipeline.ml.evaluation_report import (
     plot_confusion,
@@ -36,18 +37,22 @@ def metric_items(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def evaluate(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-             params: EvaluationParams, data: DataParams, runtime: RuntimeParams) -> dict[str, Any]:
+             params: EvaluationParams, data: DataParams, runtime: RuntimeParams,
+             trainer: TrainerParams = TrainerParams()) -> dict[str, Any]:
     """``summary.json``, the Markdown report, MLflow metrics and the figures, by output name (the pipeline's
-    :data:`~defect_pipeline.pipelines.evaluate.pipeline.OUTPUTS`)."""
+    :data:`~defect_pipeline.pipelines.evaluate.pipeline.OUTPUTS`); the model runs where ``trainer.accelerator``/
+    ``trainer.precision`` say (``summary["device"]``)."""
     apply_runtime(runtime.cpu_threads)
+    where = resolve_prediction_device(trainer.accelerator, trainer.precision)
     package = model.load()
     dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
                             good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
                             split=params.split)
-    result = evaluate_split(dataset, Predictor(package), tuned=package.thresholds, worst_k=params.worst_k,
+    predictor = Predictor(package, device=where.device, precision=where.precision)
+    result = evaluate_split(dataset, predictor, tuned=package.thresholds, worst_k=params.worst_k,
                             batch_size=params.batch_size, num_workers=params.num_workers)
     description = model_description(package)
-    summary = {"model": description, **result.summary}
+    summary = {"model": description, **result.summary, "device": where.describe()}
     fixed, tuned = summary["final_metrics_fixed"], summary["final_metrics_thresholded"]
     logger.info("test (%d images): combined score %.4f fixed → %.4f tuned; mIoU %.4f → %.4f", summary["samples"],
                 fixed["combined_score"], tuned["combined_score"], fixed["miou"], tuned["miou"])

@@ -18,6 +18,6 @@ def create_pipeline() -> Pipeline:
     return Pipeline([
         Node(nodes.evaluate,
              ["tuned_model", "manifest", "raw_source", "scan_summary", "params:evaluation", "params:data",
-              "params:runtime"],
+              "params:runtime", "params:trainer"],
              OUTPUTS, name="evaluate", tags=[TRACKED_STAGE_TAG, kind_tag("evaluation")]),
     ])

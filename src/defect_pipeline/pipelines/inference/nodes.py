@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from defect_pipeline.config import EvaluationParams, InferenceParams, RuntimeParams
+from defect_pipeline.config import EvaluationParams, InferenceParams, RuntimeParams, TrainerParams
 from defect_pipeline.ml import inference
+from defect_pipeline.ml.device import PredictionDevice, resolve_prediction_device
+from defect_pipeline.ml.distributed import TrainerSettings
+from defect_pipeline.ml.onnx_runner import choose_providers
 from defect_pipeline.ml.model_use import (
     apply_runtime,
     load_member,
@@ -21,6 +25,7 @@ from defect_pipeline.ml.model_use import (
 from defect_pipeline.ml.package import ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import Predictor
+from defect_pipeline.ml.sharded_inference import predict_files_sharded
 from defect_pipeline.tracking.pyfunc import load_logged_package
 from defect_pipeline.util import names_same_place
 
@@ -59,9 +64,21 @@ def _thresholds_of(tuned: Thresholds, cfg: InferenceParams) -> tuple[Thresholds,
     return tuned.replace(**overrides, source=source), source
 
 
+def _settings(cfg: InferenceParams, where: PredictionDevice) -> TrainerSettings:
+    """The processes of ``inference.devices`` on the device of ``where``."""
+    visible = torch.cuda.device_count() if where.device == "cuda" else None
+    devices = (visible or 1) if cfg.devices == "auto" else int(cfg.devices)
+    if visible is not None and devices > visible:
+        raise ValueError(f"inference.devices is {devices} but only {visible} GPU(s) are visible; lower "
+                         "inference.devices or set CUDA_VISIBLE_DEVICES")
+    return TrainerSettings(accelerator=where.device, devices=devices, num_nodes=1,
+                           strategy="ddp" if devices > 1 else "single", precision=where.precision)
+
+
 def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
                ) -> tuple[Any, Thresholds, str, dict[str, Any]]:
-    """The predictor ``inference.checkpoint`` names, its thresholds, where they come from, and its description."""
+    """The predictor ``inference.checkpoint`` names (on the CPU: :func:`predict_files_sharded` puts it on each
+    process's device), its thresholds, where they come from, and its description."""
     if isinstance(cfg.checkpoint, list):  # an ad-hoc ensemble: equal weights, thresholds not tuned for it
         if cfg.backend != "torch":
             raise ValueError("a list of models in inference.checkpoint runs with inference.backend: torch")
@@ -105,13 +122,17 @@ def _check_output_dir(params: InferenceParams, output_dir: str | None) -> None:
 
 
 def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, runtime: RuntimeParams,
-            output_dir: str | None = None) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
+            output_dir: str | None = None, trainer: TrainerParams = TrainerParams()
+            ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``predictions.csv``, mask PNGs, overlay images and ``inference_summary.json`` for the first
     ``inference.limit`` images of ``inputs``; ``output_dir``: where the catalog writes them (its
-    ``inference_output_dir``), recorded in the summary."""
+    ``inference_output_dir``), recorded in the summary. The model runs on the device of ``trainer.accelerator``
+    / ``trainer.precision`` in ``inference.devices`` processes (the summary's ``device``)."""
     output_dir = None if output_dir is None else str(output_dir)
     _check_output_dir(params, output_dir)
     apply_runtime(runtime.cpu_threads)
+    where = resolve_prediction_device(trainer.accelerator, trainer.precision)
+    settings = _settings(params, where)
     predictor, thresholds, source, description = _predictor(model, params, runtime)
     if source.startswith("default"):
         logger.warning("inference uses untuned default thresholds (%s); run the thresholds pipeline, or set "
@@ -120,7 +141,8 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, 
     if len(files) < len(inputs["files"]):
         logger.info("inference.limit %d: predicting the first %d of %d listed images", params.limit, len(files),
                     len(inputs["files"]))
-    result = inference.predict_files(files, predictor, batch_size=params.batch_size)
+    result = predict_files_sharded(files, predictor, settings=settings, batch_size=params.batch_size,
+                                   num_workers=params.num_workers, cpu_threads=runtime.cpu_threads)
     frame = result.predictions
     frame["thresholds"] = source
     by_name = dict(zip(frame["mask_file"].fillna(""), frame["path"], strict=True)) if "mask_file" in frame else {}
@@ -131,6 +153,12 @@ def predict(inputs: dict[str, Any], model: ModelStore, params: InferenceParams, 
                                 model=description, backend=params.backend,
                                 input_description=inputs["input"], ignored=inputs["ignored"],
                                 listed=len(inputs["files"]), limit=params.limit, output_dir=output_dir)
-    logger.info("inference: %s in %.1f s (%.1f images/s, %s)", summary["status"], result.seconds,
-                result.images_per_s, params.backend)
+    summary["device"] = {**where.describe(), "processes": settings.world_size}
+    if params.backend == "onnx":
+        import onnxruntime
+
+        summary["device"]["onnx_providers"] = choose_providers(where.device, onnxruntime.get_available_providers())[0]
+    logger.info("inference: %s in %.1f s (%.1f images/s, %s on %s, %s, %d process(es))", summary["status"],
+                result.seconds, result.images_per_s, params.backend, where.device, where.precision,
+                settings.world_size)
     return frame, masks, overlays, summary

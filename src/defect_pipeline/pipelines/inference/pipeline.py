@@ -12,7 +12,7 @@ OUTPUTS = ["predictions", "predicted_masks", "prediction_overlays", "inference_s
 
 def _predict() -> Node:
     return Node(nodes.predict, ["inference_inputs", "tuned_model", "params:inference", "params:runtime",
-                                "inference_output_dir"], OUTPUTS,
+                                "inference_output_dir", "params:trainer"], OUTPUTS,
                 name="predict", tags=[TRACKED_STAGE_TAG, kind_tag("inference")])
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from defect_pipeline.config import STAGES, DataParams, RuntimeParams, ThresholdsParams
+from defect_pipeline.config import STAGES, DataParams, RuntimeParams, ThresholdsParams, TrainerParams
+from defect_pipeline.ml.device import resolve_prediction_device
 from defect_pipeline.ml.evaluation import plot_threshold_curves, tune_thresholds
 from defect_pipeline.ml.model_use import apply_runtime, model_description, select_stage_model, split_dataset
 from defect_pipeline.ml.package import ModelPackage, ModelStore
@@ -37,20 +38,24 @@ def check_rules(params: ThresholdsParams) -> CheckRules:
 
 
 def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
-         params: ThresholdsParams, data: DataParams, runtime: RuntimeParams
+         params: ThresholdsParams, data: DataParams, runtime: RuntimeParams, trainer: TrainerParams = TrainerParams()
          ) -> tuple[dict[str, Any], Figure, ModelPackage, NodeOutcome]:
     """``thresholds.json``, the threshold curves, the model package with the thresholds bundled, and the
-    outcome that tags the MLflow run with the thresholds' status (tuned, or which part was kept fixed and why)."""
+    outcome that tags the MLflow run with the thresholds' status (tuned, or which part was kept fixed and why).
+    The model runs where ``trainer.accelerator``/``trainer.precision`` say (recorded under ``device``)."""
     apply_runtime(runtime.cpu_threads)
+    where = resolve_prediction_device(trainer.accelerator, trainer.precision)
     package = model.load()
     dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
                             good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
                             split=params.split)
-    result = tune_thresholds(dataset, Predictor(package), criterion=params.criterion, target=params.target,
+    predictor = Predictor(package, device=where.device, precision=where.precision)
+    result = tune_thresholds(dataset, predictor, criterion=params.criterion, target=params.target,
                              pixel_metric=params.pixel_metric, min_area_candidates=params.min_area_candidates,
                              per_class=params.per_class, rules=check_rules(params), batch_size=params.batch_size,
                              num_workers=params.num_workers)
-    report = {**result.report, "model": model_description(package), "parameters": params.model_dump(mode="json")}
+    report = {**result.report, "model": model_description(package), "parameters": params.model_dump(mode="json"),
+              "device": where.describe()}
     t = result.thresholds
     logger.info("thresholds on %d %s images (%s): image %.3f, pixel %.3f, min area %d px%s", len(dataset),
                 params.split, result.report["status"], t.image, t.pixel, t.min_area,

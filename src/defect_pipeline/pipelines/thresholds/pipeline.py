@@ -24,7 +24,7 @@ def create_pipeline() -> Pipeline:
         Node(nodes.select_model, ["params:thresholds", *STAGE_MODELS], "selected_model", name="select_model"),
         Node(nodes.tune,
              ["selected_model", "manifest", "raw_source", "scan_summary", "params:thresholds", "params:data",
-              "params:runtime"],
+              "params:runtime", "params:trainer"],
              ["tuned_thresholds", "threshold_curves", "tuned_model", "thresholds_outcome"], name="thresholds",
              tags=[TRACKED_STAGE_TAG, kind_tag("thresholds")]),
     ])
