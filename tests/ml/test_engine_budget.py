@@ -165,8 +165,8 @@ def test_epochs_auto_with_a_time_budget_becomes_the_engine_s_budget_mode() -> No
     with pytest.raises(ValueError, match="set time_budget_s"):
         EngineConfig(epochs=None, lr=1e-3, backbone_lr=1e-3, weight_decay=0.0)
     settings = resolve_trainer(accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision="fp32")
-    engine = _engine_config(StageParams(epochs="auto", time_budget_s=1800), settings)
+    engine = _engine_config(StageParams(epochs="auto", time_budget_s=1800), settings, "convnext_atto")
     assert engine.epochs is None and engine.spans_budget and engine.time_budget_s == 1800
     # explicit values win: max_steps is the length, and a number of epochs keeps the budget a stop only
-    assert not _engine_config(StageParams(epochs="auto", max_steps=500, time_budget_s=60), settings).spans_budget
-    assert not _engine_config(StageParams(epochs=5, time_budget_s=60), settings).spans_budget
+    assert not _engine_config(StageParams(epochs="auto", max_steps=500, time_budget_s=60), settings, "convnext_atto").spans_budget
+    assert not _engine_config(StageParams(epochs=5, time_budget_s=60), settings, "convnext_atto").spans_budget

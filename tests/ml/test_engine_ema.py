@@ -136,10 +136,10 @@ def test_resuming_with_the_ema_switched_is_refused(tmp_path: Path) -> None:
 
 def test_the_stage_block_turns_ema_into_engine_settings() -> None:
     settings = resolve_trainer(accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision="fp32")
-    assert _engine_config(StageParams(), settings).ema_decay is None  # off by default
-    on = _engine_config(StageParams(ema={"enabled": True, "decay": 0.99}), settings)
+    assert _engine_config(StageParams(), settings, "convnext_atto").ema_decay is None  # off by default
+    on = _engine_config(StageParams(ema={"enabled": True, "decay": 0.99}), settings, "convnext_atto")
     assert (on.ema_decay, on.ema_warmup_steps) == (0.99, 1000)
-    explicit = _engine_config(StageParams(ema={"enabled": True, "warmup_steps": 0}), settings)
+    explicit = _engine_config(StageParams(ema={"enabled": True, "warmup_steps": 0}), settings, "convnext_atto")
     assert (explicit.ema_decay, explicit.ema_warmup_steps) == (0.999, 0)
     with pytest.raises(ValueError, match="decay"):
         StageParams(ema={"enabled": True, "decay": 1.0})

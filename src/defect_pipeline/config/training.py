@@ -113,6 +113,11 @@ class TrainerParams(StrictModel):
     num_nodes: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16/fp16 on GPUs, bf16 on CPUs only where measured faster, else fp32")
+    channels_last: bool | Literal["auto"] = Field(
+        False, description="train in channels_last memory format; auto = on for ConvNeXt only (measured +27 % for "
+                           "convnext_atto, -13 % for efficientnet_b0 on a CPU)")
+    compile: bool = Field(False, description="torch.compile the network (falls back to eager, saying why, where "
+                                             "it cannot compile)")
 
     @field_validator("strategy", mode="before")
     @classmethod

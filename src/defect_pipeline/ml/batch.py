@@ -28,9 +28,13 @@ class Batch:
         """The ``image``/``mask``/``label`` entries of a collated data-loader batch (other keys are left out)."""
         return cls(image=batch["image"], mask=batch["mask"], label=batch["label"])
 
-    def to(self, device: str | torch.device) -> Batch:
-        """The same batch on ``device``."""
-        return Batch(image=self.image.to(device), mask=self.mask.to(device), label=self.label.to(device))
+    def to(self, device: str | torch.device, *, non_blocking: bool = False, channels_last: bool = False) -> Batch:
+        """The same batch on ``device`` (``non_blocking``: an asynchronous copy from pinned memory; ``channels_last``:
+        the images in that memory format)."""
+        image = self.image.to(device, non_blocking=non_blocking,
+                              memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        return Batch(image=image, mask=self.mask.to(device, non_blocking=non_blocking),
+                     label=self.label.to(device, non_blocking=non_blocking))
 
     def __len__(self) -> int:
         """The number of samples."""

@@ -50,6 +50,8 @@ class TrainerSettings:
     num_nodes: int
     strategy: str  # "single" | "ddp"
     precision: str  # "fp32" | "bf16" | "fp16"
+    channels_last: bool | str = False  # trainer.channels_last as given (auto is resolved per backbone)
+    compile: bool = False
 
     @property
     def world_size(self) -> int:
@@ -74,7 +76,7 @@ def free_memory_bytes(device: str) -> float | None:
 
 
 def resolve_trainer(*, accelerator: str, devices: int | str, strategy: str, num_nodes: int,
-                    precision: str) -> TrainerSettings:
+                    precision: str, channels_last: bool | str = False, compile: bool = False) -> TrainerSettings:
     """Resolve ``auto`` values of the ``trainer`` block against this machine.
 
     Raises:
@@ -99,7 +101,8 @@ def resolve_trainer(*, accelerator: str, devices: int | str, strategy: str, num_
     if strategy == "ddp" and world == 1:
         logger.info("trainer.strategy ddp with a single process: training in this process")
     return TrainerSettings(accelerator=accelerator, devices=devices, num_nodes=int(num_nodes), strategy=resolved,
-                           precision=resolve_precision(precision, accelerator))
+                           precision=resolve_precision(precision, accelerator), channels_last=channels_last,
+                           compile=compile)
 
 
 class ShardSampler(Sampler[int]):

@@ -62,6 +62,7 @@ from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
 from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
 from defect_pipeline.ml.preprocess import resolve_preprocessing
+from defect_pipeline.ml.speed import resolve_channels_last
 from defect_pipeline.ml.stage_records import best_values, describe_initial_weights
 from defect_pipeline.ml.val_preview import PreviewingLogger, ValidationPreview
 from defect_pipeline.util import flatten
@@ -245,9 +246,12 @@ def _loss(stage: StageParams, labels: LabelSpace, seg_mode: str, train_set: Mani
         alpha_end=loss.alpha_end, beta_start=loss.beta_start, beta_end=loss.beta_end)
 
 
-def _engine_config(stage: StageParams, settings: TrainerSettings) -> EngineConfig:
+def _engine_config(stage: StageParams, settings: TrainerSettings, backbone: str) -> EngineConfig:
     s, stop = stage, stage.early_stopping
+    channels_last, reason = resolve_channels_last(settings.channels_last, backbone)
+    logger.info("%s", reason)
     return EngineConfig(
+        channels_last=channels_last, compile=settings.compile,
         epochs=None if s.epochs == "auto" else s.epochs,  # auto: as long as time_budget_s
         lr=s.lr, backbone_lr=s.backbone_lr or s.lr, weight_decay=s.weight_decay,
         warmup_epochs=s.warmup_epochs, warmup_lr_ratio=s.warmup_lr_ratio, eta_min_ratio=s.eta_min_ratio,
@@ -307,7 +311,7 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
         raise ValueError(f"{stage_name}: the manifest has {len(train_set)} accepted train and {len(val_set)} val "
                          "samples; both must be non-empty (run the data pipeline, check data.split)")
     loss_fn = _loss(stage, labels, model.seg_mode, train_set)
-    engine_cfg = _engine_config(stage, settings)
+    engine_cfg = _engine_config(stage, settings, model.backbone)
     meta = {"stage": stage_name, "model_meta": model_meta, "labels": labels.to_dict(),
             "config": {"model": model.model_dump(), "stage": stage.model_dump(mode="json"),
                        "augmentation": augmentation.model_dump(mode="json")},

@@ -80,6 +80,8 @@ class EngineConfig:
     accumulate_grad_batches: int = 1
     precision: str = "fp32"
     device: str = "cpu"
+    channels_last: bool = False  # model and input batches in channels_last memory format
+    compile: bool = False  # torch.compile the model's forward (eager when it cannot)
     monitor: str = "combined_score"
     mode: str = "max"
     patience: int = 5

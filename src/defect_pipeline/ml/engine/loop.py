@@ -177,7 +177,7 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
     dropout = dropout_at_step(state.global_step, target=config.dropout_rate, warmup_step=config.dropout_warmup_step)
     parts.model.set_dropout(dropout)
     # phase 2: forward and loss (several processes: gradients are averaged only on step batches)
-    batch = batch.to(config.device)
+    batch = batch.to(config.device, non_blocking=True, channels_last=config.channels_last)
     with processes.no_sync(setup.trained, enabled=not steps_now):
         with autocast(config.device, config.precision):
             out = setup.trained(batch.image)
