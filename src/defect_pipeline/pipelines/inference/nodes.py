@@ -14,7 +14,6 @@ from defect_pipeline.config import EvaluationParams, InferenceParams, RuntimePar
 from defect_pipeline.ml import inference
 from defect_pipeline.ml.device import PredictionDevice, resolve_prediction_device
 from defect_pipeline.ml.distributed import TrainerSettings
-from defect_pipeline.ml.onnx_runner import choose_providers
 from defect_pipeline.ml.model_use import (
     apply_runtime,
     load_member,
@@ -22,7 +21,8 @@ from defect_pipeline.ml.model_use import (
     predictor_from_ensemble_spec,
     variant_predictor,
 )
-from defect_pipeline.ml.package import ModelStore
+from defect_pipeline.ml.onnx_runner import choose_providers
+from defect_pipeline.ml.package import ModelPackage, ModelStore
 from defect_pipeline.ml.postprocess import Thresholds
 from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.ml.sharded_inference import predict_files_sharded
