@@ -36,7 +36,7 @@ def test_without_cuda_the_section_says_not_measured_and_gives_the_command(tmp_pa
 def test_on_a_cpu_every_measurement_runs_and_lands_in_the_table(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     torch.set_num_threads(1)
-    gpu.main(["--device", "cpu", "--backbones", "resnet18", "--image-size", "32", "--batch-size", "2", "--steps", "2",
+    gpu.main(["--device", "cpu", "--backbones", "resnet18", "--image-size", "64", "--batch-size", "2", "--steps", "2",
               "--workers", "0", "--doc", str(doc)])
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| resnet18 |"))
     engine, bare, ratio, gflop, mfu, inference = (cell.strip() for cell in row.split("|")[2:8])

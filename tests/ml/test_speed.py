@@ -33,7 +33,7 @@ def test_channels_last_is_opt_in_or_chosen_by_family() -> None:
     trainer = validate_parameters({"trainer": {"channels_last": "auto", "compile": True}})["trainer"]
     settings = resolve_trainer(**trainer.model_dump() | {"accelerator": "cpu", "precision": "fp32"})
     assert (settings.channels_last, settings.compile) == ("auto", True)
-    assert validate_parameters({})["trainer"].channels_last is False  # default: off
+    assert validate_parameters({"trainer": {}})["trainer"].channels_last is False  # default: off
     with pytest.raises(ParameterError, match="trainer.compile"):
         validate_parameters({"trainer": {"compile": "sometimes"}})
 
@@ -48,7 +48,7 @@ def test_fused_adamw_on_cuda_only() -> None:
 
 def _tiny_parts():
     net = create_model("resnet18", num_image_classes=3, num_seg_classes=3, seg_mode="multiclass",
-                       decoder_channels=32, image_size=32)
+                       decoder_channels=32, image_size=64)
     loss = MultitaskLoss(ClassificationLoss(3), SegmentationLoss("multiclass"))
     return net, loss
 
