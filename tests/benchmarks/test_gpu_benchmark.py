@@ -41,7 +41,7 @@ def test_on_a_cpu_every_measurement_runs_and_lands_in_the_table(tmp_path: Path) 
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| resnet18 |"))
     engine, bare, ratio, gflop, mfu, inference = (cell.strip() for cell in row.split("|")[2:8])
     assert float(engine) > 0 and float(bare) > 0 and float(inference) > 0 and float(gflop) > 0
-    assert float(ratio) == pytest.approx(float(engine) / float(bare), abs=0.01)
+    assert float(ratio) == pytest.approx(float(engine) / float(bare), rel=0.1)  # the table rounds to 0.1
     assert mfu == "n/a (peak unknown)"  # no peak for a CPU
     assert "Loader ceiling" in doc.read_text()
 

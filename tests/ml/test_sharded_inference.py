@@ -31,10 +31,10 @@ def test_shards_cover_the_listing_once_and_merge_back_in_order() -> None:
     assert [shard_positions(pending, rank, 2, batch_size=1) for rank in range(2)] == [[0, 1, 3, 5], [2, 4, 6]]
     rows = [(positions, [{"n": p} for p in positions], {f"m{p}": b"" for p in positions}, len(positions))
             for positions in shards]
-    merged, masks, predicted = merge_shards(list(reversed(rows)))  # the order the shards arrive in does not matter
+    merged, masks, predicted = merge_shards(list(reversed(rows)), 7)  # the order the shards arrive in does not matter
     assert [row["n"] for row in merged] == list(range(7)) and len(masks) == 7 and predicted == 7
     with pytest.raises(ValueError, match="do not cover the listing exactly once"):
-        merge_shards(rows[:2])
+        merge_shards(rows[:2], 7)  # the last process's rows are missing
     with pytest.raises(ValueError, match="rank 3 is not one of 3 processes"):
         shard_positions(pending, 3, 3, batch_size=2)
 

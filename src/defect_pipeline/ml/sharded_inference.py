@@ -47,24 +47,24 @@ def shard_positions(pending: list[bool], rank: int, world_size: int, batch_size:
             if (((ordinal - 1) // batch_size) % world_size if wanted else 0) == rank]
 
 
-def merge_shards(shards: list[Shard]) -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
+def merge_shards(shards: list[Shard], count: int) -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
     """Every shard's rows back in listing order, all masks, the images predicted in all.
 
     Raises:
-        ValueError: the shards do not cover positions ``0 .. n-1`` exactly once (a process lost rows).
+        ValueError: the shards do not cover positions ``0 .. count-1`` exactly once (a process lost rows).
     """
     by_position: dict[int, dict[str, Any]] = {}
     masks: dict[str, bytes] = {}
     predicted = 0
-    for positions, rows, shard_masks, count in shards:
+    for positions, rows, shard_masks, shard_predicted in shards:
         if len(positions) != len(rows):
             raise ValueError(f"a shard returned {len(rows)} rows for {len(positions)} files")
         by_position.update(zip(positions, rows, strict=True))
         masks.update(shard_masks)
-        predicted += count
-    if sorted(by_position) != list(range(len(by_position))) or sum(len(s[0]) for s in shards) != len(by_position):
+        predicted += shard_predicted
+    if sorted(by_position) != list(range(count)) or sum(len(s[0]) for s in shards) != count:
         raise ValueError("the inference processes' rows do not cover the listing exactly once")
-    return [by_position[p] for p in range(len(by_position))], masks, predicted
+    return [by_position[p] for p in range(count)], masks, predicted
 
 
 def _gather(processes: Processes, shard: Shard) -> list[Shard] | None:
@@ -110,6 +110,6 @@ def predict_files_sharded(files: pd.DataFrame, predictor: Any, *, settings: Trai
     logger.info("inference: %d files over %d %s processes", len(files), settings.world_size, settings.accelerator)
     shards = launch(settings, predict_shard, files.reset_index(drop=True), predictor, settings.precision,
                     batch_size, num_workers, cpu_threads)
-    rows, masks, predicted = merge_shards(shards)
+    rows, masks, predicted = merge_shards(shards, len(files))
     seconds = time.perf_counter() - started
     return InferenceResult(as_frame(rows), masks, seconds, predicted / seconds if seconds > 0 else 0.0)
