@@ -28,17 +28,31 @@ def test_facts_come_from_the_accepted_training_rows() -> None:
 
 
 @pytest.mark.parametrize(("samples", "device", "memory", "backbone"), [
-    (1_000, "cuda", 80 * GIB, "convnext_tiny"),         # under 5k: small
-    (12_000, "cuda", 80 * GIB, "convnext_small"),       # 5k-30k: medium
-    (60_000, "cuda", 80 * GIB, "vit_base_patch14_dinov2"),  # from 30k: large, DINOv2 on a big GPU
-    (60_000, "cuda", 16 * GIB, "convnext_base"),        # large data, GPU under 24 GiB
-    (60_000, "cpu", 24 * GIB, "convnext_atto"),         # a CPU: always the smallest
+    (1_000, "cuda", 80 * GIB, "vit_small_patch16_dinov3"),   # under 5k: DINOv3-S
+    (4_998, "cuda", 80 * GIB, "vit_small_patch16_dinov3"),
+    (5_000, "cuda", 80 * GIB, "vit_base_patch16_dinov3"),    # 5k-50k: DINOv3-B
+    (40_000, "cuda", 80 * GIB, "vit_base_patch16_dinov3"),   # (30k-50k was "large" before the DINOv3 rule)
+    (60_000, "cuda", 80 * GIB, "vit_large_patch16_dinov3"),  # from 50k: DINOv3-L
+    (60_000, "cuda", 20 * GIB, "vit_base_patch16_dinov3"),   # L needs 24 GiB free: the next smaller size
+    (12_000, "cuda", 8 * GIB, "vit_small_patch16_dinov3"),   # B needs 16 GiB free
+    (60_000, "cpu", 24 * GIB, "convnext_atto"),              # a CPU: always the smallest
 ])
 def test_backbone_follows_dataset_size_and_device(samples: int, device: str, memory: float, backbone: str) -> None:
     facts = dataset_facts(manifest({"crack": samples // 2, "spot": samples - samples // 2}))
     advice = advise(facts, device=device, free_memory_bytes=memory)
     assert advice["recommendations"]["backbone"] == backbone
     assert f"{samples} training samples" in advice["reasons"]["backbone"]
+    stride = 16 if "dinov3" in backbone else 32
+    assert advice["recommendations"]["image_size"] % stride == 0
+
+
+def test_gpu_advice_at_518_px_is_the_nearest_multiple_of_the_dinov3_patch() -> None:
+    """The guides' 518 px (DINOv2's 37 patches of 14) becomes 512 for DINOv3's patch 16; the 100k note."""
+    facts = dataset_facts(manifest({"crack": 60_000, "spot": 60_000}, size=518))
+    advice = advise(facts, device="cuda", free_memory_bytes=80 * GIB)
+    assert advice["recommendations"]["image_size"] == 512
+    assert "multiple of the stride 16" in advice["reasons"]["image_size"]
+    assert "g-class" in advice["reasons"]["backbone"]
 
 
 def test_input_size_keeps_resolution_only_for_small_defects() -> None:

@@ -70,6 +70,7 @@ FAMILY_CASES = [
     ("swin_tiny_patch4_window7_224", "auto", 64, "fpn", 32, {}),
     ("vit_tiny_patch16_224", "auto", 64, "dpt", 32, {"image_size": 64}),
     ("vit_small_patch14_dinov2", "auto", 56, "sfp", 14, {"image_size": 56}),
+    ("vit_small_patch16_dinov3", "auto", 48, "sfp", 16, {"image_size": 48}),  # RoPE ViT: sfp, stride = patch
 ]
 
 
@@ -104,6 +105,7 @@ def test_forward_backward_on_cpu(name, decoder, size, decoder_name, stride, kwar
 ALL_NAMES = [(family, name) for family, names in list_backbone_families().items() for name in names]
 EXPECTED_DECODER = {
     "resnet": "fpn", "efficientnet": "fpn", "convnext": "fpn", "swin": "fpn", "vit": "dpt", "dinov2": "sfp",
+    "dinov3": "sfp",
 }  # fmt: skip
 
 
@@ -118,6 +120,7 @@ def test_families_cover_the_claimed_backbones() -> None:
         "swin_base_patch4_window7_224", "swin_large_patch4_window7_224",
         "vit_base_patch16_224", "vit_large_patch16_224",
         "vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2", "vit_giant_patch14_dinov2",
+        "vit_small_patch16_dinov3", "vit_base_patch16_dinov3", "vit_large_patch16_dinov3",
     }  # fmt: skip
     assert required <= claimed
     families["resnet"].append("mutated")
@@ -128,7 +131,7 @@ def test_families_cover_the_claimed_backbones() -> None:
 def test_every_claimed_backbone_builds_and_runs_on_meta(family, name) -> None:
     model = _meta(name, decoder_channels=64)
     assert model.decoder_name == EXPECTED_DECODER[family]
-    assert model.hierarchical == (family not in ("vit", "dinov2"))
+    assert model.hierarchical == (family not in ("vit", "dinov2", "dinov3"))
     assert all(p.is_meta for p in model.parameters())
     size = 2 * model.stride
     out = model(torch.empty(2, 3, size, size, device="meta"))
@@ -146,6 +149,8 @@ def test_every_claimed_backbone_builds_and_runs_on_meta(family, name) -> None:
         ("vit_base_patch16_224", "sfp", 48, 16),  # sfp: stride = patch size, odd patch grids fine
         ("vit_base_patch16_224", "dpt", 96, 32),  # DPT needs an even patch grid
         ("vit_base_patch14_dinov2", "sfp", 98, 14),
+        ("vit_base_patch16_dinov3", "dpt", 96, 32),  # DPT on DINOv3 when asked for: stride 32
+        ("vit_large_patch16_dinov3", "sfp", 80, 16),  # sfp: any multiple of 16 (an odd 5x5 patch grid)
     ],
 )
 def test_other_decoders_and_sizes_on_meta(name, decoder, size, stride) -> None:
@@ -194,7 +199,7 @@ def test_frozen_backbone_does_not_change_while_head_trains() -> None:
 
 
 def test_set_dropout_changes_every_head_dropout_layer() -> None:
-    for name in ("convnext_atto", "vit_tiny_patch16_224", "vit_small_patch14_dinov2"):
+    for name in ("convnext_atto", "vit_tiny_patch16_224", "vit_small_patch14_dinov2", "vit_small_patch16_dinov3"):
         model = _meta(name, dropout=0.2)
         dropouts = _head_dropouts(model)
         assert len(dropouts) >= 2, name  # decoder + classification head
@@ -402,6 +407,29 @@ def test_load_vit_checkpoint_for_another_image_size_resamples_pos_embed(tmp_path
     state = model.backbone.state_dict()
     assert state["model.pos_embed"].shape == (1, 1 + 16, 192)
     assert torch.equal(state["model.blocks.3.attn.qkv.weight"], classifier.state_dict()["blocks.3.attn.qkv.weight"])
+
+
+def test_dinov3_is_a_rotary_vit_whose_local_timm_checkpoint_loads(tmp_path: Path) -> None:
+    """DINOv3 is found to use rotary positions (so ``auto`` gives ``sfp`` at stride 16, where DPT would ask
+    for multiples of 32); a timm classifier state dict saved locally (the ``checkpoint_path`` route) loads
+    into its feature extractor with nothing missing, at another image size than timm's default."""
+    import timm
+    from safetensors.torch import save_file
+
+    from defect_pipeline.ml.models.backbones import probe_backbone
+
+    assert probe_backbone("vit_small_patch16_dinov3").rotary_positions
+    assert not probe_backbone("vit_small_patch14_dinov2").rotary_positions
+    assert not probe_backbone("vit_tiny_patch16_224").rotary_positions
+    torch.manual_seed(7)
+    classifier = timm.create_model("vit_small_patch16_dinov3", pretrained=False)
+    path = tmp_path / "dinov3_s.safetensors"
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    model = _build("vit_small_patch16_dinov3", image_size=64, checkpoint_path=str(path))
+    assert (model.decoder_name, model.stride) == ("sfp", 16)
+    state = model.backbone.state_dict()
+    assert torch.equal(state["model.blocks.5.attn.qkv.weight"], classifier.state_dict()["blocks.5.attn.qkv.weight"])
+    assert torch.equal(state["model.reg_token"], classifier.state_dict()["reg_token"])
 
 
 def test_load_backbone_weights_is_strict_about_shapes_and_matches(tmp_path: Path, atto_pair) -> None:

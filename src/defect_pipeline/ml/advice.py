@@ -10,18 +10,19 @@ stage starts.
 
 Rules (the reasons in the output quote them):
 
-* **backbone** by training-set size: under 5,000 samples a small backbone (fewer parameters to
-  fit, less overfitting): ``convnext_atto`` on CPU, ``convnext_tiny`` on a GPU; 5,000–30,000 a
-  medium one (``convnext_small`` on a GPU); from 30,000 a large one (``vit_base_patch14_dinov2``
-  on a GPU with at least 24 GiB, else ``convnext_base``). On a CPU the smallest always: training
-  speed, not capacity, is the limit there.
+* **backbone** by training-set size, the DINOv3 guides' rule on a GPU: under 5,000 samples
+  DINOv3-S (``vit_small_patch16_dinov3``: fewer parameters to fit, less overfitting), 5,000–50,000
+  DINOv3-B, from 50,000 DINOv3-L (the guides move to a g-class model from 100,000; S/B/L are the
+  sizes this package tests, so L stays the advice there). A size needs free GPU memory (B 16 GiB,
+  L 24 GiB); with less the next smaller one is advised. On a CPU always ``convnext_atto``:
+  training speed, not capacity, is the limit there.
 * **input size**: the median image's shorter side, rounded down to a multiple of the stride
-  (32; 14 for DINOv2), capped at 512 px on a GPU and 256 px on a CPU; when the median defect covers
+  (32; 16 for DINOv3), capped at 512 px on a GPU and 256 px on a CPU; when the median defect covers
   less than 1 % of its image the cap is the image itself (downscaling would erase small defects).
 * **batch size**: the largest power of two up to 64 (16 on CPU) whose estimated memory — training
   state 16 bytes per parameter plus activations per sample (about 700 / 1,800 / 4,000 bytes per
   input pixel for small / medium / large backbones in bf16, twice that in fp32; measured 711 for
-  convnext_atto on an H200) — stays within 70 % of the device's free memory; with fewer than 16
+  convnext_atto on an H200; DINOv3-S counted medium, B and L large, not yet measured) — stays within 70 % of the device's free memory; with fewer than 16
   per step, gradient accumulation brings the effective batch to 16.
 * **epochs**: stage2 aims at about 3,000 optimizer steps (15–100 epochs); stage1 a tenth of that
   (at least 2), stage3 a fifth (at least 2).
@@ -39,17 +40,21 @@ import pandas as pd
 
 from defect_pipeline.ml.distributed import free_memory_bytes
 
-SMALL_DATA, LARGE_DATA = 5_000, 30_000
+SMALL_DATA, LARGE_DATA, GIANT_DATA = 5_000, 50_000, 100_000
 IMBALANCE_RATIO = 3.0
 SMALL_DEFECT_COVERAGE = 0.01
 ACTIVATION_BYTES_PER_PIXEL = {"small": 700, "medium": 1_800, "large": 4_000}  # bf16; fp32 is twice that
 STEPS_TARGET = 3_000
 EFFECTIVE_BATCH = 16
-BACKBONES = {("small", "cpu"): "convnext_atto", ("small", "cuda"): "convnext_tiny",
-             ("medium", "cpu"): "convnext_atto", ("medium", "cuda"): "convnext_small",
-             ("large", "cpu"): "convnext_atto", ("large", "cuda"): "convnext_base"}
-PARAMETERS_M = {"convnext_atto": 3.7, "convnext_tiny": 28.6, "convnext_small": 50.2, "convnext_base": 88.6,
-                "vit_base_patch14_dinov2": 86.6}
+CPU_BACKBONE = "convnext_atto"
+GPU_BACKBONES = {"small": "vit_small_patch16_dinov3", "medium": "vit_base_patch16_dinov3",
+                 "large": "vit_large_patch16_dinov3"}
+MIN_GPU_GIB = {"small": 0.0, "medium": 16.0, "large": 24.0}  # free memory a DINOv3 size is advised from
+PARAMETERS_M = {"convnext_atto": 3.7, "vit_small_patch16_dinov3": 21.6, "vit_base_patch16_dinov3": 85.6,
+                "vit_large_patch16_dinov3": 303.1}
+ACTIVATION_TIER = {"convnext_atto": "small", "vit_small_patch16_dinov3": "medium",
+                   "vit_base_patch16_dinov3": "large", "vit_large_patch16_dinov3": "large"}
+TIERS = ("small", "medium", "large")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,19 @@ def _tier(samples: int) -> str:
     return "small" if samples < SMALL_DATA else "medium" if samples < LARGE_DATA else "large"
 
 
+def _gpu_backbone(tier: str, gib: float, size_rule: str, samples: int) -> tuple[str, str]:
+    """The DINOv3 size of ``tier``, or the largest smaller one that the free memory allows, and why."""
+    chosen = next(t for t in reversed(TIERS[:TIERS.index(tier) + 1]) if gib >= MIN_GPU_GIB[t])
+    reason = f"{size_rule} ({tier} here)"
+    if chosen != tier:
+        reason += (f"; {GPU_BACKBONES[tier]} is advised from {MIN_GPU_GIB[tier]:g} GiB free and {gib:.1f} GiB "
+                   f"are, so the next smaller size")
+    if samples >= GIANT_DATA:
+        reason += (f"; from {GIANT_DATA:,} the guides use a g-class DINOv3, which this package does not test "
+                   "(vit_huge_plus_patch16_dinov3 builds, unadvised)")
+    return GPU_BACKBONES[chosen], reason
+
+
 def advise(facts: DatasetFacts, *, device: str, free_memory_bytes: float | None,
            precision: str = "bf16") -> dict[str, Any]:
     """Recommendations with their reasons (see the module docstring for the rules)."""
@@ -89,17 +107,17 @@ def advise(facts: DatasetFacts, *, device: str, free_memory_bytes: float | None,
     kind = "cuda" if on_gpu else "cpu"
     reasons: dict[str, str] = {}
     tier = _tier(facts.train_samples)
-    backbone = BACKBONES[(tier, kind)]
     gib = (free_memory_bytes or 0) / 2**30
-    if tier == "large" and on_gpu and gib >= 24:
-        backbone = "vit_base_patch14_dinov2"
-    size_rule = (f"{facts.train_samples} training samples: under {SMALL_DATA:,} prefer a small backbone, "
-                 f"{SMALL_DATA:,}–{LARGE_DATA:,} a medium one, from {LARGE_DATA:,} a large one")
-    reasons["backbone"] = (f"{size_rule} ({tier} here); on a CPU the smallest, since training speed is the limit"
-                           if not on_gpu else f"{size_rule} ({tier} here)"
-                           + ("; DINOv2-B needs a GPU with at least 24 GiB" if tier == "large" else ""))
+    size_rule = (f"{facts.train_samples} training samples: under {SMALL_DATA:,} prefer a small backbone "
+                 f"(DINOv3-S), {SMALL_DATA:,}–{LARGE_DATA:,} a medium one (DINOv3-B), from {LARGE_DATA:,} a large "
+                 f"one (DINOv3-L)")
+    if on_gpu:
+        backbone, reasons["backbone"] = _gpu_backbone(tier, gib, size_rule, facts.train_samples)
+    else:
+        backbone = CPU_BACKBONE
+        reasons["backbone"] = f"{size_rule} ({tier} here); on a CPU the smallest, since training speed is the limit"
 
-    stride = 14 if "dinov2" in backbone else 32
+    stride = 16 if "dinov3" in backbone else 32
     short_side = min(facts.median_width, facts.median_height)
     cap = 512 if on_gpu else 256
     small_defects = facts.median_defect_coverage is not None and facts.median_defect_coverage < SMALL_DEFECT_COVERAGE
@@ -111,7 +129,7 @@ def advise(facts: DatasetFacts, *, device: str, free_memory_bytes: float | None,
                                      f"{100 * facts.median_defect_coverage:.2f} % of its image (< 1 %)" if small_defects
                                      else f", at most {cap} px on {'a GPU' if on_gpu else 'a CPU'}"))
 
-    bytes_per_pixel = ACTIVATION_BYTES_PER_PIXEL[tier if backbone != "vit_base_patch14_dinov2" else "large"]
+    bytes_per_pixel = ACTIVATION_BYTES_PER_PIXEL[ACTIVATION_TIER[backbone]]
     bytes_per_pixel *= 1 if precision in ("bf16", "fp16") else 2
     state = PARAMETERS_M.get(backbone, 30.0) * 1e6 * 16
     per_sample = bytes_per_pixel * image_size * image_size

@@ -2,7 +2,8 @@
 resolved against timm (unknown names get close suggestions) and probed on the meta device with
 ``features_only=True`` (no memory, no download), whose ``feature_info.reduction()`` says whether it is
 hierarchical (reductions grow, e.g. ResNet ``2..32``, ConvNeXt / Swin ``4..32``) or a single-stride
-ViT (all reductions equal to the patch size). Also the backbone families the package is tested with.
+ViT (all reductions equal to the patch size), and whether a ViT encodes positions with rotary embeddings
+(DINOv3) instead of a learned table. Also the backbone families the package is tested with.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _BACKBONE_FAMILIES: dict[str, list[str]] = {
         "vit_large_patch14_dinov2",
         "vit_giant_patch14_dinov2",
     ],
+    "dinov3": ["vit_small_patch16_dinov3", "vit_base_patch16_dinov3", "vit_large_patch16_dinov3"],
 }
 
 
@@ -43,6 +45,7 @@ class BackboneInfo:
     dynamic_img_size: bool  # accepts timm's dynamic_img_size
     num_blocks: int  # ViTs: number of transformer blocks
     num_prefix_tokens: int  # ViTs: cls/register tokens
+    rotary_positions: bool = False  # ViTs: rotary position embedding (RoPE, e.g. DINOv3), no learned table
 
     @property
     def hierarchical(self) -> bool:
@@ -103,6 +106,7 @@ def probe_backbone(name: str) -> BackboneInfo:
         dynamic_img_size=dynamic,
         num_blocks=len(inner_info) if isinstance(inner_info, list) else len(probe.feature_info),
         num_prefix_tokens=int(getattr(inner, "num_prefix_tokens", 0) or 0),
+        rotary_positions=getattr(inner, "rope", None) is not None,
     )
 
 

@@ -62,9 +62,12 @@ def choose_decoder(decoder: str, info: BackboneInfo) -> str:
     """The decoder to build for ``decoder`` (a registered name or ``"auto"``) on backbone ``info``.
 
     Hierarchical backbones take smp's ``fpn`` (``auto``) or ``unet``. Single-stride ViTs take
-    ``dpt`` or ``sfp``; ``auto`` gives ``dpt`` for power-of-two patch sizes up to 32 (ViT-B/16,
-    ViT-L/16) and ``sfp`` otherwise (DINOv2 /14). A decoder that does not fit raises ``ValueError``
-    naming the ones that do.
+    ``dpt`` or ``sfp``; ``auto`` gives ``dpt`` for power-of-two patch sizes up to 32 with a learned
+    position table (ViT-B/16, ViT-L/16) and ``sfp`` otherwise: DINOv2 /14, and rotary-position ViTs
+    (DINOv3 /16), which run at any multiple of their patch (RoPE has no table to resize) while DPT
+    would coarsen the input step to 32 (518 px → 512 either way, but 528 or 560 only with ``sfp``),
+    and whose ``sfp`` head is several times smaller. A decoder that does not fit raises
+    ``ValueError`` naming the ones that do.
     """
     if decoder not in available_decoders():
         raise ValueError(f"decoder must be one of {available_decoders()}, got {decoder!r}")
@@ -78,7 +81,7 @@ def choose_decoder(decoder: str, info: BackboneInfo) -> str:
             )
         return decoder
     if decoder == "auto":
-        return "dpt" if power_of_two and info.patch_size <= 32 else "sfp"
+        return "dpt" if power_of_two and info.patch_size <= 32 and not info.rotary_positions else "sfp"
     if decoder in ("fpn", "unet"):
         raise ValueError(
             f"decoder {decoder!r} needs a multi-scale backbone; {info.name} has a single stride "

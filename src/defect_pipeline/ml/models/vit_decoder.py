@@ -1,7 +1,8 @@
 """The ``sfp`` decoder's building blocks for single-stride ViT backbones: :class:`ViTFeatureEncoder`
 (a timm ``features_only`` ViT with the smp encoder interface) and :class:`SimpleFeaturePyramidDecoder`
 (a small ViTDet-style simple feature pyramid fused top-down FPN style). It works for any patch size
-(DINOv2's 14 included, where smp's DPT cannot resample) at any multiple of the patch size; the
+(DINOv2's 14 included, where smp's DPT cannot resample; DINOv3's 16 at steps of 16, not DPT's 32) at any
+multiple of the patch size; the
 hierarchical backbones and DPT are covered by segmentation-models-pytorch instead.
 """
 
