@@ -89,6 +89,11 @@ class InferenceParams(StrictModel):
                           "an untuned ensemble; null: the tuned model (data/06_models/tuned)")
     thresholds: ThresholdOverrides = ThresholdOverrides()
     backend: Literal["torch", "onnx"] = "torch"
+    onnx_precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="backend onnx: model.onnx (fp32) or model.int8.onnx (export.quantize: int8)")
+    onnx_provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+        "auto", description="backend onnx: onnxruntime execution provider; auto = TensorRT, CUDA or CPU, the best "
+                            "available")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0, description="processes that decode the images ahead of the model (0: the "
                                                   "predicting process reads them itself)")
@@ -137,8 +142,20 @@ class EnsembleParams(StrictModel):
         return self
 
 
+OnnxProvider = Literal["auto", "tensorrt", "cuda", "cpu"]
+
+
 class ExportParams(StrictModel):
-    """Block ``export``: ONNX export of the tuned model."""
+    """Block ``export``: ONNX export of the tuned model, optionally quantised to int8."""
 
     opset: int = Field(18, ge=13)
     parity_tolerance: float = Field(1e-3, gt=0.0, description="largest allowed |ONNX - PyTorch| of the logits")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: also write model.int8.onnx (onnxruntime static quantisation calibrated on "
+                            "calibration_split) with an fp32-vs-int8 parity report (mIoU, macro F1, images/s)")
+    calibration_split: str = Field("val", description="manifest split the int8 model is calibrated and checked on")
+    calibration_images: int = Field(64, ge=1, description="images of calibration_split used to calibrate int8")
+    benchmark_batch_size: int = Field(8, ge=1, description="batch of the images/s measurement (and calibration)")
+    provider: OnnxProvider = Field(
+        "auto", description="onnxruntime execution provider the export is checked and timed on: auto (TensorRT, "
+                            "CUDA or CPU, the best available) | tensorrt | cuda | cpu")

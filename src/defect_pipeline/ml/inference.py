@@ -305,5 +305,6 @@ def summary(result: InferenceResult, *, thresholds: dict[str, Any], thresholds_s
         "thresholds": thresholds, "thresholds_source": thresholds_source,
         "model": {k: model.get(k) for k in ("backbone", "decoder", "image_size", "input_mode", "tile_overlap", "stage",
                                             "weights_sha256", "mlflow_run_id", "source_checkpoint", "tta", "ensemble",
-                                            "variant", "members", "weights") if k in model},
+                                            "variant", "members", "weights", "onnx_precision", "onnx_providers")
+                  if k in model},
     }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -113,10 +113,12 @@ class Predictor(_Decisions):
     defective tile (:func:`~defect_pipeline.ml.tiling.image_class_probs`). Memory: one batch of
     tiles plus the image's full-size probability maps, whatever the image size.
 
-    ``backend="onnx"`` runs the package's exported ``model.onnx`` with onnxruntime instead of
-    PyTorch (same preprocessing and decisions), with ``onnx_threads`` intra-op threads (None:
-    onnxruntime's default, one per physical core), on the GPU when ``device`` is CUDA and
-    onnxruntime-gpu is installed (:class:`~defect_pipeline.ml.onnx_runner.OnnxRunner`).
+    ``backend="onnx"`` runs the package's exported ``model.onnx`` (``onnx_precision="int8"``: its
+    quantised ``model.int8.onnx``) with onnxruntime instead of PyTorch (same preprocessing and
+    decisions), on ``onnx_provider`` (``auto``: TensorRT or CUDA when ``device`` is CUDA and
+    onnxruntime-gpu offers them, else the CPU) with ``onnx_threads`` intra-op threads (None:
+    onnxruntime's default, one per physical core). ``runner`` replaces the network with any
+    ``batch -> (seg_logits, cls_logits)`` callable (the export checks its in-memory models this way).
 
     ``tta``: test-time flips (``hflip``, ``vflip``). Each flipped batch is predicted, its
     probabilities flipped back, and all views (the plain one included) averaged, in mask space
@@ -132,14 +134,16 @@ class Predictor(_Decisions):
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
                  backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = (),
-                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8, precision: str = "fp32"):
+                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8, precision: str = "fp32",
+                 onnx_precision: str = "fp32", onnx_provider: str = "auto",
+                 runner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self._options = {"thresholds": thresholds, "device": device, "backend": backend, "onnx_threads": onnx_threads,
                          "tta": tuple(tta), "tile_overlap": tile_overlap, "tile_batch_size": tile_batch_size,
-                         "precision": precision}
+                         "precision": precision, "onnx_precision": onnx_precision, "onnx_provider": onnx_provider}
         self.input_mode = package.input_mode
         self.input_scale = float(package.meta.get("input_scale", 1.0))  # crops of images rescaled by this
         if not 0.0 < self.input_scale <= 4.0:
@@ -160,12 +164,16 @@ class Predictor(_Decisions):
         self.transform, note = package_transform(package.meta)  # the evaluation transform of training
         if note:
             logger.info("%s: %s", package.folder or "model package", note)
-        self.precision = precision if backend == "torch" else "fp32"
-        if backend == "torch":
+        self.precision = precision if backend == "torch" and runner is None else "fp32"
+        if runner is not None:
+            self._run = runner
+        elif backend == "torch":
             self._model = package.build_model().to(self.device).eval()
             self._run = self._forward
         else:
-            self._run = OnnxRunner(package, threads=onnx_threads, device=device)
+            self._run = OnnxRunner(package, threads=onnx_threads, precision=onnx_precision, provider=onnx_provider,
+                                   device=device)
+        self.onnx_providers: list[str] = list(getattr(self._run, "providers", []))  # what onnxruntime runs on
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_predictor, (self.package, {**self._options, "thresholds": self.thresholds})

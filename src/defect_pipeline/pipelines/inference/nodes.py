@@ -105,8 +105,11 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
     package = load_member(cfg.checkpoint, load_logged=load_logged_package) if cfg.checkpoint else model.load()
     thresholds, source = _thresholds_of(package.thresholds, cfg)
     predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
-                          onnx_threads=runtime.onnx_threads, tile_overlap=cfg.tile_overlap)
+                          onnx_threads=runtime.onnx_threads, tile_overlap=cfg.tile_overlap,
+                          onnx_precision=cfg.onnx_precision, onnx_provider=cfg.onnx_provider)
     description = {**model_description(package), "tta": list(cfg.tta)}
+    if cfg.backend == "onnx":
+        description.update(onnx_precision=cfg.onnx_precision, onnx_providers=predictor.onnx_providers)
     if predictor.input_mode == "tile":
         description["tile_overlap"] = cfg.tile_overlap
     return predictor, thresholds, source, description
