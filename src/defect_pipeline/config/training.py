@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
 
+from defect_pipeline.config.adapters import AdapterParams
 from defect_pipeline.config.base import StrictModel
 
 STAGES = ("stage1", "stage2", "stage3")  # the training stages, in order: one StageParams block each
@@ -250,6 +251,7 @@ class StageParams(StrictModel):
     dropout: DropoutParams = DropoutParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     ema: EmaParams = EmaParams()
+    adapter: AdapterParams = AdapterParams()  # LoRA on ViT backbones (config/adapters.py)
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that reaches this many "
                                                                 "seconds of training (null: no limit); with "
                                                                 "epochs: auto, the stage's length")

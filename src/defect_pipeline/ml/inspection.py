@@ -176,9 +176,17 @@ def inventory(folder: str | Path) -> list[dict[str, Any]]:
 
 def _component_counts(state: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Parameters per top-level component of the rebuilt network, trainable as the stage trained it."""
+    from defect_pipeline.ml.models.adapters import LoraSpec, add_lora, is_adapter_parameter
     from defect_pipeline.ml.package import ModelPackage
 
-    net = ModelPackage.from_checkpoint(state, source="inspection").build_model()
+    adapter = state["model_meta"].get("adapter")
+    if adapter:  # as it trained: the backbone frozen, its LoRA adapters (unless the stage froze them) training
+        net = ModelPackage(state["model"], {**state["model_meta"], "labels": state["labels"], "decoder_channels": int(
+            state.get("config", {}).get("model", {}).get("decoder_channels", 64))}).new_network()
+        add_lora(net, LoraSpec.from_dict(adapter))
+        net.load_state_dict(state["model"])
+    else:
+        net = ModelPackage.from_checkpoint(state, source="inspection").build_model()
     frozen_backbone = bool(state.get("config", {}).get("stage", {}).get("freeze_backbone", False))
     net.freeze_backbone(frozen_backbone)
     counts = {}
@@ -188,6 +196,11 @@ def _component_counts(state: dict[str, Any]) -> dict[str, dict[str, int]]:
         trainable = sum(p.numel() for p in params if p.requires_grad)
         counts[name] = {"total": total, "trainable": trainable, "frozen": total - trainable}
     counts["all"] = {key: sum(c[key] for c in counts.values()) for key in ("total", "trainable", "frozen")}
+    if adapter:
+        lora = [p for name, p in net.named_parameters() if is_adapter_parameter(name)]
+        total = sum(p.numel() for p in lora)
+        trainable = sum(p.numel() for p in lora if p.requires_grad)
+        counts["lora adapters (in encoder)"] = {"total": total, "trainable": trainable, "frozen": total - trainable}
     return counts
 
 
@@ -273,6 +286,9 @@ def render_markdown(rows: list[dict[str, Any]], details: dict[str, Any] | None, 
                   f"- architecture: {arch.get('backbone')} + {arch.get('decoder')} (width {arch.get('decoder_channels')}), "
                   f"{arch.get('seg_mode')} segmentation at {arch.get('image_size')} px",
                   f"- classes: {details['classes']}; data-manifest hash `{details['manifest_hash']}`",
+                  *([f"- LoRA adapters: rank {a['rank']}, alpha {a['alpha']:g} (scale {a['alpha'] / a['rank']:g}), "
+                     f"dropout {a['dropout']:g}, on {', '.join(a['target_modules'])}"]
+                    if (a := arch.get("adapter")) else []),
                   f"- initialised from: {details['init_from']}"]
         remaining = details.get("remaining")
         if remaining:

@@ -34,6 +34,7 @@ import torch
 from defect_pipeline.ml.augment import IMAGENET_MEAN, IMAGENET_STD
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.models import MultitaskNet, create_model
+from defect_pipeline.ml.models.adapters import LoraSpec, add_lora, merge_lora
 from defect_pipeline.ml.postprocess import Thresholds
 
 PACKAGE_FORMAT = 1
@@ -100,17 +101,29 @@ class ModelPackage:
             "source_checkpoint": source,
         }
         weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
-        return cls(weights, meta, thresholds or Thresholds())
+        package = cls(weights, meta, thresholds or Thresholds())
+        if meta.get("adapter"):  # LoRA: the package holds the merged weights, it runs without adapter code
+            net = package.new_network()
+            add_lora(net, LoraSpec.from_dict(meta["adapter"]))
+            net.load_state_dict(state["model"])
+            merged = merge_lora(net).state_dict()
+            package = cls({k: v.detach().cpu().contiguous() for k, v in merged.items()},
+                          {**meta, "adapter": {**meta["adapter"], "merged": True}}, package.thresholds)
+        return package
+
+    def new_network(self) -> MultitaskNet:
+        """The network this package describes, with fresh weights (no adapters)."""
+        labels = self.labels
+        with warnings.catch_warnings():  # the weights are loaded next: random init is not a concern
+            warnings.filterwarnings("ignore", message=".*random initialisation")
+            return create_model(self.meta["backbone"], num_image_classes=labels.num_image_classes,
+                                num_seg_classes=labels.num_seg_classes, seg_mode=self.meta["seg_mode"],
+                                decoder=self.meta["decoder"], decoder_channels=int(self.meta["decoder_channels"]),
+                                image_size=int(self.meta["image_size"]), pretrained=False)
 
     def build_model(self) -> MultitaskNet:
         """The network with these weights, in eval mode on the CPU."""
-        labels = self.labels
-        with warnings.catch_warnings():  # the weights are loaded right below: random init is not a concern
-            warnings.filterwarnings("ignore", message=".*random initialisation")
-            net = create_model(self.meta["backbone"], num_image_classes=labels.num_image_classes,
-                               num_seg_classes=labels.num_seg_classes, seg_mode=self.meta["seg_mode"],
-                               decoder=self.meta["decoder"], decoder_channels=int(self.meta["decoder_channels"]),
-                               image_size=int(self.meta["image_size"]), pretrained=False)
+        net = self.new_network()
         net.load_state_dict(self.state_dict)
         return net.eval()
 

@@ -44,7 +44,7 @@ from defect_pipeline.config import (
 )
 from defect_pipeline.data.manifest import manifest_hash
 from defect_pipeline.ml.augment import build_transform, validate_recipe
-from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible, read_weights_file
+from defect_pipeline.ml.checkpoint import CheckpointStore, read_weights_file
 from defect_pipeline.ml.crops import CropSampler, CroppedTransform
 from defect_pipeline.ml.curves import plot_training_curves
 from defect_pipeline.ml.dataset import ManifestDataset, class_counts, labels_from_manifest
@@ -57,7 +57,9 @@ from defect_pipeline.ml.input_mode import InputPlan, input_facts, package_input_
 from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.losses import ClassificationLoss, MultitaskLoss, SegmentationLoss
 from defect_pipeline.ml.metrics import MultitaskMetrics
-from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, input_stride, load_backbone_state
+from defect_pipeline.ml.models import check_input_size, count_parameters, create_model, input_stride
+from defect_pipeline.ml.models.adapters import LoraSpec
+from defect_pipeline.ml.models.starting_weights import load_starting_weights
 from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
 from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
@@ -208,8 +210,10 @@ def _log_input_plan(plan: InputPlan, model: ModelParams, stage_name: str) -> Non
 
 
 def _network(model: ModelParams, labels: LabelSpace, init_state: dict | None, init_description: str,
-             seed: int) -> tuple[Any, dict[str, Any]]:
-    """The seeded network with its starting weights loaded, and its architecture description."""
+             seed: int, adapter: LoraSpec | None = None) -> tuple[Any, dict[str, Any]]:
+    """The seeded network with its starting weights loaded, and its architecture description. Starting weights
+    with LoRA adapters load into the same adapters, which are merged unless this stage keeps them; ``adapter``
+    then adds this stage's (:mod:`~defect_pipeline.ml.models.adapters`)."""
     torch.manual_seed(seed)
     scratch = init_description == "scratch"
     net = create_model(model.backbone, num_image_classes=labels.num_image_classes,
@@ -220,13 +224,8 @@ def _network(model: ModelParams, labels: LabelSpace, init_state: dict | None, in
     check_input_size(net, model.image_size)
     model_meta = {"backbone": model.backbone, "decoder": net.decoder_name, "seg_mode": model.seg_mode,
                   "image_size": model.image_size}
-    if init_state is not None:
-        if "model" in init_state:
-            check_compatible(init_state, **{k: model_meta[k] for k in ("backbone", "decoder", "seg_mode")},
-                             labels=labels.to_dict(), source=init_description)
-            net.load_state_dict(init_state["model"])
-        else:
-            load_backbone_state(net, init_state, source=init_description)
+    load_starting_weights(net, init_state, model_meta, labels=labels.to_dict(), source=init_description,
+                          adapter=adapter)
     return net, model_meta
 
 
@@ -294,7 +293,8 @@ def build_training_job(manifest: pd.DataFrame, *, raw_root: str, defect_classes:
     _log_input_plan(input_plan, model, stage_name)
     init_state, init_description = (None, "resume") if (stage.resume and checkpoints.has_last()) else \
         initial_weights(stage_name, stage, init_store)
-    net, model_meta = _network(model, labels, init_state, init_description, stage.seed)
+    adapter = LoraSpec.from_dict(stage.adapter.model_dump()) if stage.adapter.type == "lora" else None
+    net, model_meta = _network(model, labels, init_state, init_description, stage.seed, adapter)
     model_meta.update(package_input_meta(input_plan.mode, scale=model.crop.scale))
     logger.info("%s: starting from %s", stage_name, init_description)
 

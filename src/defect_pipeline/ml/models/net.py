@@ -128,9 +128,12 @@ class MultitaskNet(nn.Module):
         Frozen: ``requires_grad=False`` on every backbone parameter, and the backbone stays in
         eval mode (BatchNorm running statistics, dropout and drop-path fixed) even after
         ``model.train()``. Unfreezing restores gradients and follows the model's mode again.
+        With LoRA adapters (:mod:`~defect_pipeline.ml.models.adapters`) only the adapters unfreeze:
+        the backbone's own weights stay frozen.
         """
-        for param in self.backbone.parameters():
-            param.requires_grad = not frozen
+        adapted = any("lora_" in name for name, _ in self.backbone.named_parameters())
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad = not frozen and (not adapted or "lora_" in name)
         self._backbone_frozen = bool(frozen)
         self.train(self.training)
 

@@ -15,8 +15,10 @@ from defect_pipeline.ml.models.factory import create_model
 
 
 def count_parameters(model: nn.Module) -> dict:
-    """Parameter counts: ``total``, ``trainable``, ``frozen``, ``backbone`` and ``head`` (= total - backbone)."""
+    """Parameter counts: ``total``, ``trainable``, ``frozen``, ``backbone`` and ``head`` (= total - backbone),
+    and ``adapters`` (LoRA, inside the backbone) when the model has any."""
     params = list(model.parameters())
+    adapters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     backbone = getattr(model, "backbone", None)
@@ -27,6 +29,7 @@ def count_parameters(model: nn.Module) -> dict:
         "frozen": total - trainable,
         "backbone": in_backbone,
         "head": total - in_backbone,
+        **({"adapters": adapters} if adapters else {}),
     }
 
 
