@@ -37,7 +37,9 @@ def test_int8_export_writes_the_parity_report_and_inference_uses_it(tiny_default
     assert (tuned / "model.int8.onnx").is_file()
     assert json.loads((tuned / "model.onnx.json").read_text())["int8"]["speedup"] == int8["speedup"]
 
-    run_kedro(project, "inference", params={"inference": {"backend": "onnx", "onnx_precision": "int8", "limit": 3}})
+    images = str(project / "data/01_raw")  # the demo's files (images and masks): any picture will do
+    run_kedro(project, "inference", params={"inference": {"input_dir": images, "backend": "onnx",
+                                                          "onnx_precision": "int8", "limit": 3}})
     summary = json.loads((project / "data/07_model_output/inference_summary.json").read_text())
     assert summary["backend"] == "onnx" and summary["model"]["onnx_precision"] == "int8"
     assert summary["model"]["onnx_providers"][-1] == "CPUExecutionProvider"
