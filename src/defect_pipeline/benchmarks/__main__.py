@@ -16,6 +16,7 @@ BENCHMARKS = {
     "ensemble": "defect_pipeline.benchmarks.ensemble",
     "schedules": "defect_pipeline.benchmarks.schedules",  # a figure for docs/training.md, nothing measured
     "tiling": "defect_pipeline.benchmarks.tiling",
+    "int8": "defect_pipeline.benchmarks.int8",  # fp32 vs int8 ONNX, from the export's report
     "gpu": "defect_pipeline.benchmarks.gpu",  # engine vs bare loop, MFU, inference, loader ceiling on a GPU
 }
 
