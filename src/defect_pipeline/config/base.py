@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+
+def _positive_devices(value: int | str) -> int | str:
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"devices must be >= 1 or 'auto', got {value}")
+    return value
+
+
+Devices = Annotated[int | Literal["auto"], AfterValidator(_positive_devices)]
+"""A process count (``trainer.devices``, ``inference.devices``): a whole number >= 1, or ``auto``."""
 
 
 class StrictModel(BaseModel):

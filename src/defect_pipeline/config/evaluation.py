@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from defect_pipeline.config.base import StrictModel
+from defect_pipeline.config.base import Devices, StrictModel
 from defect_pipeline.config.training import STAGES
 
 
@@ -97,7 +97,7 @@ class InferenceParams(StrictModel):
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0, description="processes that decode the images ahead of the model (0: the "
                                                   "predicting process reads them itself)")
-    devices: int | Literal["auto"] = Field(
+    devices: Devices = Field(
         1, description="processes that share the images (one per GPU on CUDA, each with its own copy of the "
                        "model; rows merged in order into one predictions.csv); auto = every visible GPU (1 on CPU). "
                        "The device itself is trainer.accelerator / trainer.precision")
@@ -110,13 +110,6 @@ class InferenceParams(StrictModel):
                                 description="models trained on crops (model.json input_mode: tile): how much "
                                             "neighbouring tiles overlap, as a fraction of the tile size")
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"]
-
-    @field_validator("devices")
-    @classmethod
-    def _positive_devices(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"devices must be >= 1 or 'auto', got {value}")
-        return value
 
 
 class EnsembleParams(StrictModel):

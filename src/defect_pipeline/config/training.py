@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
 
 from defect_pipeline.config.adapters import AdapterParams
-from defect_pipeline.config.base import StrictModel
+from defect_pipeline.config.base import Devices, StrictModel
 
 STAGES = ("stage1", "stage2", "stage3")  # the training stages, in order: one StageParams block each
 
@@ -108,7 +108,7 @@ class TrainerParams(StrictModel):
     """
 
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
-    devices: int | Literal["auto"] = Field(1, description="processes per node; auto = every visible GPU (1 on CPU)")
+    devices: Devices = Field(1, description="processes per node; auto = every visible GPU (1 on CPU)")
     strategy: Literal["auto", "ddp"] = Field(
         "auto", description="auto = ddp when more than one process trains, else a single process")
     num_nodes: int = Field(1, ge=1)
@@ -128,13 +128,6 @@ class TrainerParams(StrictModel):
                 f"{value!r} is not offered: it shards the weights for models that do not fit one device, and "
                 "the largest supported backbone (DINOv2-L, 0.3 B parameters) trains under ddp on any 16 GB GPU. "
                 "Use ddp (or auto)")
-        return value
-
-    @field_validator("devices")
-    @classmethod
-    def _positive_devices(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"devices must be >= 1 or 'auto', got {value}")
         return value
 
 
