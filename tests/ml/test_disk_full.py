@@ -110,14 +110,17 @@ def test_an_epoch_whose_checkpoint_hits_a_full_disk_is_trained_again_after_space
 
 
 def _report_entries() -> dict[str, dict]:
-    """The file dataset of each catalog entry under data/08_reporting, one per dataset type."""
+    """The file dataset of each catalog entry under data/08_reporting, one per dataset type (the default
+    environment's data root, ``${globals:data_root}`` = ``data``)."""
     entries = yaml.safe_load((REPO_ROOT / "conf/base/catalog.yml").read_text())
     chosen: dict[str, dict] = {}
     for name, entry in entries.items():
         inner = entry["dataset"] if isinstance(entry.get("dataset"), dict) else entry
-        if "{" in name or not str(inner.get("filepath", "")).startswith("data/08_reporting/"):
+        filepath = str(inner.get("filepath", "")).replace("${globals:data_root}", "data")
+        if "{" in name or not filepath.startswith("data/08_reporting/"):
             continue
-        chosen.setdefault(inner["type"].rsplit(".", 1)[-1].replace("Atomic", ""), {"name": name, **inner})
+        chosen.setdefault(inner["type"].rsplit(".", 1)[-1].replace("Atomic", ""),
+                          {"name": name, **inner, "filepath": filepath})
     return chosen
 
 

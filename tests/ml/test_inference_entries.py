@@ -94,7 +94,8 @@ def test_entry_status_names_what_cannot_be_read(tmp_path: Path, make, status: st
 def test_the_pyfunc_model_gives_each_entry_its_row(tmp_path: Path, predictor: Predictor) -> None:
     root = hostile_folder(tmp_path / "in")
     names = [*GOOD, "a.png", "bomb.png", "empty.png", "sub"]
-    frame = predict_frame(predictor, pd.DataFrame({"path": [str(root / n) for n in names]}), batch_size=2)
+    frame = predict_frame(predictor, pd.DataFrame({"path": [str(root / n) for n in names]}), batch_size=2,
+                          mask_format="array")  # masks as arrays (the REST default is a base64 PNG)
     assert len(frame) == len(names)
     by_name = dict(zip(names, frame.to_dict("records"), strict=True))
     for name in GOOD:
