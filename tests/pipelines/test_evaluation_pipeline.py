@@ -13,7 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from defect_pipeline.config.evaluation import InferenceParams
+from defect_pipeline.hooks.pre_run import MissingInputsError
 from defect_pipeline.ml.serving import encode_image
+from defect_pipeline.pipelines.inference.nodes import list_input_images
 from tests.conftest import TINY, copy_project, run_kedro
 from tests.ml.test_inference import awkward_folder
 
@@ -121,11 +124,14 @@ def test_inference_over_a_folder_with_onnx_and_overrides(tiny_default_run: Path,
 
 
 def test_inference_without_input_dir_or_model_says_what_to_do(kedro_project: Path) -> None:
-    with pytest.raises(ValueError, match="inference.input_dir is not set"):
-        run_kedro(kedro_project, "inference")
+    # no model yet: the pre-run check names it and the command that makes it, before any node runs
     (kedro_project / "images").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"run `kedro run --pipeline=thresholds` first"):
-        run_kedro(kedro_project, "inference", params={**TINY, "inference": {"input_dir": "images"}})
+    for params in ({}, {**TINY, "inference": {"input_dir": "images"}}):
+        with pytest.raises(MissingInputsError, match=r"tuned_model .*made by `kedro run --pipeline=thresholds`"):
+            run_kedro(kedro_project, "inference", params=params)
+    # no input folder: the node that lists it says which parameter to set
+    with pytest.raises(ValueError, match="inference.input_dir is not set"):
+        list_input_images(InferenceParams())
 
 
 def test_the_default_run_registers_the_tuned_model_and_promotes_it(tiny_default_run: Path, tmp_path: Path,
