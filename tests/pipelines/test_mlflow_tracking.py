@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from defect_pipeline.data.manifest import manifest_hash
+from defect_pipeline.ml.checkpoint import CheckpointError
 from defect_pipeline.ml.serving import decode_mask, encode_image
 from defect_pipeline.tracking.runs import TrackingUnavailableError
 from tests.conftest import TINY, TINY_STAGE, run_kedro
@@ -164,8 +165,9 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts(tracked_run) -> None:
 
 def test_a_failing_node_leaves_parent_and_stage_runs_failed(kedro_project: Path) -> None:
     run_kedro(kedro_project, "data", params=TINY)
-    with pytest.raises(FileNotFoundError, match="kedro run --pipeline=stage1"):
-        run_kedro(kedro_project, "stage2", params=TINY)
+    missing = kedro_project / "missing.pt"  # a file no pipeline makes: the stage node itself fails on it
+    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+        run_kedro(kedro_project, "stage2", params={**TINY, "stage2": {**TINY["stage2"], "init_from": str(missing)}})
     failed = [r for r in _runs(kedro_project) if r.data.tags.get("kedro.pipeline") == "stage2"]
     parent = next(r for r in failed if "mlflow.parentRunId" not in r.data.tags)
     child = next(r for r in failed if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from defect_pipeline.hooks.pre_run import MissingInputsError
 from defect_pipeline.ml.checkpoint import safe_torch_load
 from tests.conftest import TINY, TINY_STAGE, run_kedro
 
@@ -56,8 +57,8 @@ def test_default_run_trains_all_three_stages_in_order(kedro_project: Path) -> No
 
 def test_stage2_alone_needs_stage1_and_says_which_command_to_run(kedro_project: Path) -> None:
     run_kedro(kedro_project, "data", params=TINY)
-    with pytest.raises(FileNotFoundError, match=r"kedro run --pipeline=stage1"):
-        run_kedro(kedro_project, "stage2", params=TINY)
+    with pytest.raises(MissingInputsError, match=r"stage1\.checkpoints .*kedro run --pipeline=stage1"):
+        run_kedro(kedro_project, "stage2", params=TINY)  # refused by the pre-run check, before any node
     assert not (kedro_project / "data/06_models/stage2/last.pt").exists()
 
     scratch = {**TINY, "stage2": {**TINY_STAGE, "init_from": "scratch"}}

@@ -36,7 +36,9 @@ MANIFEST = pd.DataFrame({"sample_id": ["a", "b"], "split": ["test", "test"]})
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry")  # not the experiment id an earlier test left active (another store's)
     yield tmp_path
     while mlflow.active_run() is not None:
         mlflow.end_run()

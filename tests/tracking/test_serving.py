@@ -65,6 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving")  # not the experiment id an earlier test left active (another store's)
     package = make_tiny_package(LABELS, seed=3)
     with mlflow.start_run(tags={KIND_TAG: "thresholds"}) as run:
         package.meta["mlflow_run_id"] = run.info.run_id

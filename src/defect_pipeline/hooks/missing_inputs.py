@@ -66,7 +66,8 @@ def _needed(pipeline: Any, params: Params, exists: Exists, location: Location) -
         chosen = (params("thresholds") or {}).get("model_stage", "auto")
         if chosen != "auto":
             needed += [i for i in stage_models if i == f"{chosen}.model"]
-        elif not any(exists(i) for i in stage_models):
+        elif not any(exists(i) for i in stage_models) and not any(
+                _STAGE_MODEL.match(name) for name in pipeline.all_outputs()):  # auto takes one this run trains
             needed.append(stage_models[0])
     for node in pipeline.nodes:  # a stage reads the previous stage's checkpoints only to start from them
         for name in node.inputs:
