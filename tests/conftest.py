@@ -109,6 +109,24 @@ def neu_seg_root() -> Path:
     return NEU_SEG_ROOT
 
 
+
+def prepared_demo(root: Path, *, images_per_class: int, good_images: int, image_size: int):
+    """A demo dataset written to ``root`` and taken through the data nodes (organize → check → masks → split),
+    in-process: ``(data params, raw_source, manifest, scan_summary)``."""
+    from defect_pipeline.config import DataParams
+    from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
+    from defect_pipeline.pipelines.data import nodes
+
+    write_demo_dataset(root, DemoSpec(images_per_class=images_per_class, good_images=good_images,
+                                      image_size=image_size))
+    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
+    raw_source = {"source": "user", "raw_root": str(root)}
+    manifest, scan_summary = nodes.organize(raw_source, params)
+    manifest = nodes.check(manifest, raw_source, scan_summary, params)
+    manifest = nodes.validate_masks(manifest, scan_summary, params)
+    manifest, _ = nodes.split(manifest, params)
+    return params, raw_source, manifest, scan_summary
+
 def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0,
                       backbone: str = "resnet18", image_size: int = 64, input_mode: str | None = None):
     """A randomly initialised model package (resnet18 + FPN at 64 px by default; no training), for prediction tests.

@@ -16,14 +16,12 @@ import pytest
 import torch
 
 from defect_pipeline.config import (
-    DataParams,
     EvaluationParams,
     InferenceParams,
     RuntimeParams,
     ThresholdsParams,
     TrainerParams,
 )
-from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.ml.dataset import labels_from_manifest
 from defect_pipeline.ml.device import PredictionDevice, resolve_prediction_device
 from defect_pipeline.ml.inference import list_images
@@ -31,11 +29,10 @@ from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.onnx_runner import choose_providers
 from defect_pipeline.ml.package import ModelStore
 from defect_pipeline.ml.predict import Predictor
-from defect_pipeline.pipelines.data import nodes as data_nodes
 from defect_pipeline.pipelines.evaluate import nodes as evaluate_nodes
 from defect_pipeline.pipelines.inference.nodes import predict
 from defect_pipeline.pipelines.thresholds import nodes as threshold_nodes
-from tests.conftest import make_tiny_package
+from tests.conftest import make_tiny_package, prepared_demo
 from tests.ml.test_inference import EXTENSIONS, awkward_folder
 
 LABELS = LabelSpace(("crack", "spot"), has_good=True)
@@ -119,13 +116,8 @@ class Recorded:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A demo dataset through the data nodes, and a tiny untrained model of its classes."""
     root = tmp_path_factory.mktemp("demo") / "raw"
-    write_demo_dataset(root, DemoSpec(images_per_class=3, good_images=3, image_size=64))
-    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
-    raw_source = {"source": "user", "raw_root": str(root)}
-    manifest, scan_summary = data_nodes.organize(raw_source, params)
-    manifest = data_nodes.check(manifest, raw_source, scan_summary, params)
-    manifest = data_nodes.validate_masks(manifest, scan_summary, params)
-    manifest, _ = data_nodes.split(manifest, params)
+    params, raw_source, manifest, scan_summary = prepared_demo(root, images_per_class=3, good_images=3,
+                                                               image_size=64)
     labels = labels_from_manifest(manifest, defect_classes=scan_summary["classes"], good_label="good")
     store = ModelStore(str(tmp_path_factory.mktemp("model") / "model"))
     make_tiny_package(labels).save(store.path)

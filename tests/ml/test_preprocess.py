@@ -19,7 +19,6 @@ import torch
 
 from defect_pipeline.config import AugmentationParams, DataParams, ModelParams, RuntimeParams, StageParams, \
     TrainerParams
-from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.ml.augment import IMAGENET_MEAN, IMAGENET_STD
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.labels import LabelSpace
@@ -27,8 +26,7 @@ from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.ml.preprocess import EVAL_TRANSFORM_KEY, resolve_preprocessing
 from defect_pipeline.ml.stage import build_training_job
-from defect_pipeline.pipelines.data import nodes
-from tests.conftest import make_tiny_package
+from tests.conftest import make_tiny_package, prepared_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*random initialisation:UserWarning")
 
@@ -44,13 +42,7 @@ def test_the_backbone_decides_mean_std_and_interpolation() -> None:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("demo") / "raw"
-    write_demo_dataset(root, DemoSpec(images_per_class=3, good_images=3, image_size=80))
-    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
-    raw_source = {"source": "user", "raw_root": str(root)}
-    manifest, scan_summary = nodes.organize(raw_source, params)
-    manifest = nodes.check(manifest, raw_source, scan_summary, params)
-    manifest = nodes.validate_masks(manifest, scan_summary, params)
-    manifest, _ = nodes.split(manifest, params)
+    _, _, manifest, scan_summary = prepared_demo(root, images_per_class=3, good_images=3, image_size=80)
     return str(root), manifest, list(scan_summary["classes"])
 
 
