@@ -158,3 +158,17 @@ def test_bad_input_names_what_is_missing_and_what_to_do(tmp_path: Path, record_r
     with pytest.raises(SystemExit, match="--baseline other is not one of the --project values"):
         ablation.main(["--project", str(running), "--baseline", "other", "--doc", str(tmp_path / "b.md")])
     assert not (tmp_path / "b.md").exists()
+
+
+def test_a_parameter_the_baseline_did_not_log_counts_as_its_default() -> None:
+    """A parameter added after the baseline ran (``stage2.ema.enabled``) is no lever when the newer run kept its
+    default, and shows the default as the baseline's value when it changed it (before: ``unset → False``)."""
+    defaults = ablation.default_settings()
+    assert defaults["stage2.ema.enabled"] == "False" and defaults["model.backbone"]
+    base = {"stage2.lr": "0.002"}
+    kept = {**base, "stage2.ema.enabled": "False"}
+    changed = {**base, "stage2.ema.enabled": "True", "stage2.unknown_key": "1"}
+    assert ablation.lever(kept, base, defaults=defaults) == []
+    assert ablation.lever(changed, base, defaults=defaults) == ["stage2.ema.enabled: False → True",
+                                                                 "stage2.unknown_key: unset → 1"]
+    assert ablation.lever(kept, base) == ["stage2.ema.enabled: unset → False"]  # without defaults: as before

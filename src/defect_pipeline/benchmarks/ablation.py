@@ -10,7 +10,9 @@ nothing is typed by hand:
 * **lever**: the parameters of the run that differ from the baseline run's — the dotted
   parameters the parent run logged (every block a node read, validated, defaults included), plus
   what ``auto`` resolved to in each stage (the stage runs' ``decoder`` / ``device`` /
-  ``precision`` / ``input_mode`` tags). ``--ignore`` drops parameters that are not levers (globs);
+  ``precision`` / ``input_mode`` tags). A parameter only one of the two runs logged (added to the
+  project after the other ran) counts as the current default there, so it is a lever only when the
+  value differs from that default. ``--ignore`` drops parameters that are not levers (globs);
 * **val mIoU**: the selected checkpoint's — the stage the ``evaluate`` run used (its
   ``defect_pipeline.source_run_id``), at that stage's best epoch (``best_epoch``; ``best_step``
   with ``val_every_n_steps``), from the stage run's ``val_miou`` history;
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defect_pipeline.benchmarks import describe_machine, write_section
+from defect_pipeline.config.registry import BLOCKS
 from defect_pipeline.benchmarks.mlflow_store import (
     MACHINE_TAG,
     SOURCE_RUN_TAG,
@@ -41,6 +44,7 @@ from defect_pipeline.benchmarks.mlflow_store import (
     store_path,
 )
 from defect_pipeline.markdown import markdown_table
+from defect_pipeline.util import flatten
 
 # stage-run tags that record what ``auto`` resolved to (tracking.runs.log_stage_result); the params keep "auto"
 RESOLVED_TAGS = ("decoder", "device", "precision", "input_mode")
@@ -79,9 +83,25 @@ def run_settings(parent: RunRecord, stages: list[RunRecord]) -> dict[str, str]:
     return settings
 
 
-def lever(settings: dict[str, str], baseline: dict[str, str], ignore: list[str] = ()) -> list[str]:
+def default_settings() -> dict[str, str]:
+    """Every parameter block's defaults as the runs log them (dotted keys, values as text); a block that
+    has no valid default (a required field) is left out."""
+    defaults: dict[str, str] = {}
+    for block, model in BLOCKS.items():
+        try:
+            dumped = model().model_dump(mode="json")
+        except ValueError:
+            continue
+        defaults.update({key: str(value) for key, value in flatten(dumped, block).items()})
+    return defaults
+
+
+def lever(settings: dict[str, str], baseline: dict[str, str], ignore: list[str] = (),
+          defaults: dict[str, str] | None = None) -> list[str]:
     """``key: baseline value → this value`` for every setting that differs; a block (first part of the key)
-    that only one of the two runs has is one entry, ``stage3: only in this run`` / ``… not in this run``."""
+    that only one of the two runs has is one entry, ``stage3: only in this run`` / ``… not in this run``.
+    A key that one run did not log stands for its value in ``defaults`` there (``unset`` if it has none)."""
+    defaults = defaults or {}
     keys = [k for k in sorted(set(settings) | set(baseline)) if not any(fnmatch.fnmatch(k, p) for p in ignore)]
     blocks = {k.split(".", 1)[0] for k in keys}
     whole: dict[str, str] = {}
@@ -92,9 +112,10 @@ def lever(settings: dict[str, str], baseline: dict[str, str], ignore: list[str] 
             whole[block] = f"{block}: {'only in this run' if mine else 'not in this run'}"
     changes = [text for _, text in sorted(whole.items())]
     for key in keys:
-        if key.split(".", 1)[0] in whole or settings.get(key) == baseline.get(key):
+        before, after = (side.get(key, defaults.get(key, "unset")) for side in (baseline, settings))
+        if key.split(".", 1)[0] in whole or before == after:
             continue
-        changes.append(f"{key}: {baseline.get(key, 'unset')} → {settings.get(key, 'unset')}")
+        changes.append(f"{key}: {before} → {after}")
     return changes
 
 
@@ -150,9 +171,9 @@ def render(rows: list[RunFigures], baseline: RunFigures, *, ignore: list[str], t
     """The ``ablation`` section."""
     scored = [r for r in rows if r.val_miou is not None]
     best_val = max(scored, key=lambda r: r.val_miou) if scored else None
-    table = []
+    table, defaults = [], default_settings()
     for row in rows:
-        changes = ["baseline"] if row is baseline else (lever(row.settings, baseline.settings, ignore) or
+        changes = ["baseline"] if row is baseline else (lever(row.settings, baseline.settings, ignore, defaults) or
                                                         ["nothing (same parameters as the baseline)"])
         off_test = row.test_split not in (None, "test")
         table.append([
@@ -167,8 +188,8 @@ def render(rows: list[RunFigures], baseline: RunFigures, *, ignore: list[str], t
         f"## {title}: ablation (one row per change against the baseline)",
         "",
         f"Produced by `{command}` on {describe_machine()}, from each run's MLflow records. Lever: the parameters "
-        "that differ from the baseline run's (logged by the run, defaults included; `(resolved)`: what `auto` "
-        "became in a stage)" + (f"; not compared: {', '.join(f'`{p}`' for p in ignore)}" if ignore else "") + ".",
+        "that differ from the baseline run's (logged by the run, defaults included; one a run did not log counts "
+        "as today's default; `(resolved)`: what `auto` became in a stage)" + (f"; not compared: {', '.join(f'`{p}`' for p in ignore)}" if ignore else "") + ".",
         "",
         markdown_table(["lever (vs baseline)", "project", "val mIoU", "test mIoU incl. background",
                         "test image accuracy", "training min", "training images/s", "MLflow run", "machine"], table),
