@@ -112,7 +112,7 @@ class ClockedSquares(Squares):
         return super().__getitem__(i) if self.noise else dict(self.items[i])
 
 
-def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, training_logger=None):
+def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, training_logger=None, progress=False):
     torch.manual_seed(0)
     loss_fn = MultitaskLoss(ClassificationLoss(LABELS.num_image_classes), SegmentationLoss("multiclass"),
                             weighting="dynamic", alpha_start=0.5, alpha_end=1.0, beta_start=1.0, beta_end=0.3)
@@ -120,7 +120,8 @@ def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, train
                               generator=torch.Generator().manual_seed(0))
     val_loader = DataLoader(ClockedSquares(9, 2, clock, 0.1, noise=False), batch_size=4)
     result = train(TinyNet(), loss_fn, train_loader, val_loader, metrics=MultitaskMetrics(LABELS, "multiclass"),
-                   config=config(epochs=None, time_budget_s=budget_s), store=CheckpointStore(str(store_path)),
+                   config=config(epochs=None, time_budget_s=budget_s, progress=progress),
+                   store=CheckpointStore(str(store_path)),
                    meta=META, training_logger=training_logger, clock=clock)
     return result
 
@@ -147,6 +148,14 @@ def test_the_stage_ends_at_the_estimated_step_with_the_schedules_spanning_it(tmp
     # and the dynamic loss weights reach their ends at step 51 too
     assert result.history[-1]["loss_weight_beta"] == pytest.approx(
         dynamic_weight(50, total_steps=51, start=1.0, end=0.3), rel=1e-6)
+
+
+def test_the_progress_bar_shows_the_epoch_count_once_the_budget_is_measured(tmp_path: Path, capsys) -> None:
+    """Before the first estimate the stage's length is unknown: epoch 1 reads ``1/?`` (before: ``1/166666667``,
+    the provisional length); after it, the estimated 9 epochs."""
+    budget_run(tmp_path, FakeClock(), progress=True)
+    err = capsys.readouterr().err
+    assert "test epoch 1/?" in err and "test epoch 2/9" in err and "epoch 1/1666" not in err
 
 
 def test_a_resumed_budget_stage_keeps_its_length_and_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:

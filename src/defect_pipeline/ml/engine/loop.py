@@ -45,6 +45,7 @@ from defect_pipeline.ml.engine.start import (
     remove_stale_temp_files,
     resume_state,
 )
+from defect_pipeline.ml.engine.budget import PROVISIONAL_STEPS
 from defect_pipeline.ml.engine.setup import TrainingSetup, follow_budget, start_budget
 from defect_pipeline.ml.engine.state import EpochProgress, TrainState
 from defect_pipeline.ml.engine.stop_signal import StopRequest
@@ -128,7 +129,8 @@ def train_epoch(setup: TrainingSetup, state: TrainState, epoch: int, stop: StopR
     progress.started = progress.started or time.perf_counter()  # a period carried on keeps its start
     setup.parts.optimizer.zero_grad(set_to_none=True)
     replayed = progress.batches_done
-    bar = tqdm(total=setup.batches, desc=f"{setup.meta.get('stage', 'train')} epoch {epoch}/{setup.epochs}",
+    of = "?" if setup.total_steps >= PROVISIONAL_STEPS else setup.epochs  # a time budget not yet measured
+    bar = tqdm(total=setup.batches, desc=f"{setup.meta.get('stage', 'train')} epoch {epoch}/{of}",
                disable=not (config.progress and setup.processes.is_main), leave=False, mininterval=1.0)
     for index, batch in limit_batches(setup.train_loader, config.max_batches_per_epoch):
         if index < replayed:  # drawn again, not trained on again
