@@ -82,3 +82,23 @@ def test_lora_refuses_hierarchical_backbones_and_unknown_targets() -> None:
         qkvb = create_model("vit_small_patch16_dinov3_qkvb", num_image_classes=2, num_seg_classes=2)
     with pytest.raises(ValueError, match="a LoRA on qkv would be ignored"):
         add_lora(qkvb, LoraSpec())
+
+
+def test_resuming_with_another_adapter_is_refused_naming_the_setting(tmp_path) -> None:
+    """A ``last.pt`` trained with other LoRA settings (or none) than the stage now asks for. Before, its adapter keys
+    met the new network in ``load_state_dict`` — on every rank — as a wall of missing/unexpected keys or shape
+    mismatches; or, with the same shapes but another alpha, loaded silently into a differently scaled adapter."""
+    from defect_pipeline.ml.checkpoint import CheckpointError, CheckpointStore
+    from defect_pipeline.ml.engine.start import load_last
+
+    store = CheckpointStore(str(tmp_path))
+    arch = {"backbone": "vit_small_patch16_dinov3", "decoder": "sfp", "seg_mode": "multiclass"}
+    lora = LoraSpec(rank=4, alpha=8.0).to_dict()
+    store.save("last", {"model_meta": {**arch, "adapter": lora}, "labels": {"defect_classes": ["a"]}, "model": {}})
+    same = {"stage": "stage2", "labels": {"defect_classes": ["a"]}, "model_meta": {**arch, "adapter": lora}}
+    assert load_last(store, same)["model_meta"]["adapter"] == lora
+    with pytest.raises(CheckpointError, match=r"LoRA rank 4, alpha 8.*stage2.adapter asks for LoRA rank 4, alpha 16"
+                                              r".*stage2.resume: false"):
+        load_last(store, {**same, "model_meta": {**arch, "adapter": LoraSpec(rank=4, alpha=16.0).to_dict()}})
+    with pytest.raises(CheckpointError, match="asks for no adapter"):
+        load_last(store, {**same, "model_meta": arch})

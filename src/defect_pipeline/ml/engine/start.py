@@ -3,7 +3,7 @@
 :func:`build_trainables` puts model and loss on the device and builds the optimizer
 (:func:`build_optimizer`: AdamW, backbone/head groups), the LR schedule over the stage's optimizer
 steps and the grad scaler. :func:`load_last` reads the stage's ``last.pt`` (refused when written
-for another architecture or class list); :func:`resume_state` loads it into the trainables and returns the
+for another architecture, class list or LoRA adapter); :func:`resume_state` loads it into the trainables and returns the
 :class:`~defect_pipeline.ml.engine.state.TrainState` to continue from; :func:`already_finished`
 is the result of a stage whose ``last.pt`` says it is over. ``last.pt`` may be a copy of a
 ``step_<N>.pt`` (``checkpoint_every_n_steps``): the stage then continues from step ``N``, as an
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from defect_pipeline.ml.checkpoint import CheckpointStore, check_compatible
+from defect_pipeline.ml.checkpoint import CheckpointError, CheckpointStore, check_compatible
 from defect_pipeline.ml.engine.ema import WeightAverage
 from defect_pipeline.ml.engine.interface import EngineConfig, TrainResult
 from defect_pipeline.ml.engine.state import Trainables, TrainState
@@ -89,14 +89,25 @@ def remove_stale_temp_files(store: CheckpointStore) -> None:
 
 
 def load_last(store: CheckpointStore, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """``last.pt`` if there is one, refused when written for another architecture or class list."""
+    """``last.pt`` if there is one, refused when written for another architecture, class list or LoRA adapter."""
     if not store.has_last():
         return None
     checkpoint = store.load("last")
     model_meta = meta["model_meta"]
     check_compatible(checkpoint, backbone=model_meta["backbone"], decoder=model_meta["decoder"],
                      seg_mode=model_meta["seg_mode"], labels=meta["labels"], source=str(store.last_path))
+    saved, asked = checkpoint["model_meta"].get("adapter"), model_meta.get("adapter")
+    if saved != asked:  # the adapter keys of last.pt would not load into this network (or load into the wrong ones)
+        stage = meta.get("stage", "stageN")
+        raise CheckpointError(f"{store.last_path} was trained with {_adapter_text(saved)}, but {stage}.adapter asks "
+                              f"for {_adapter_text(asked)}: set {stage}.adapter as it was to resume, or "
+                              f"{stage}.resume: false to start the stage over")
     return checkpoint
+
+
+def _adapter_text(adapter: dict[str, Any] | None) -> str:
+    return "no adapter" if not adapter else (f"LoRA rank {adapter['rank']}, alpha {adapter['alpha']:g}, dropout "
+                                            f"{adapter['dropout']:g} on {adapter['target_modules']}")
 
 
 def already_finished(checkpoint: dict[str, Any], meta: dict[str, Any], monitor: str,
