@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,8 +255,19 @@ class _Payload:
         return pickle.loads(self.data)  # noqa: S301 - bytes this process family pickled itself
 
 
-def _fabric_entry(fabric: Any, function: Callable[..., Any], payload: _Payload) -> Any:
-    return function(FabricProcesses(fabric), *payload.load())
+def _fabric_entry(fabric: Any, function: Callable[..., Any], payload: _Payload, result_file: str) -> None:
+    """One worker: run ``function``; rank 0 pickles its value into ``result_file``.
+
+    Fabric would hand the value back through a multiprocessing queue that the launcher reads only after
+    joining the workers: a value larger than the pipe's buffer (a stage's per-step history, a shard's
+    prediction rows) then blocks rank 0 at exit and the launcher waits for it forever.
+    """
+    result = function(FabricProcesses(fabric), *payload.load())
+    if fabric.global_rank == 0:
+        partial = f"{result_file}.partial"
+        with open(partial, "wb") as handle:
+            pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, result_file)
 
 
 def check_node_environment(settings: TrainerSettings, *, joining: bool) -> None:
@@ -299,9 +311,15 @@ def launch(settings: TrainerSettings, function: Callable[..., Any], *args: Any, 
     # The arguments travel as one pickled blob: each worker gets its own copy of the weights. Passed
     # as objects, torch would move CPU tensors to shared memory (all ranks stepping one copy), and
     # Fabric's own unsharing pass cannot walk into frozen dataclasses such as EngineConfig.
-    try:
-        return fabric.launch(_fabric_entry, function, _Payload(args))
-    except BaseException:
-        for child in multiprocessing.active_children():
-            child.terminate()
-        raise
+    with tempfile.TemporaryDirectory(prefix="defect_pipeline_launch_") as folder:
+        result_file = os.path.join(folder, "rank0_result.pkl")
+        try:
+            fabric.launch(_fabric_entry, function, _Payload(args), result_file)
+        except BaseException:
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
+        if joining:
+            return None
+        with open(result_file, "rb") as handle:
+            return pickle.load(handle)  # noqa: S301 - written by this launch's rank 0
