@@ -17,6 +17,7 @@ from defect_pipeline.ml.plan import (
     Machine,
     class_shares,
     fingerprint,
+    loss_class_weights,
     plan_stage,
     resolve_batch_size,
     resolve_epochs,
@@ -133,19 +134,34 @@ def test_epochs_count_accumulation_and_name_the_time_budget() -> None:
     assert budgeted.value == AUTO and "time budget of 1800 s" in budgeted.reason  # the engine sizes it to the budget
 
 
-def test_imbalance_turns_on_balanced_sampling_and_leaves_the_loss_unweighted() -> None:
+def test_imbalance_turns_on_sqrt_class_weights_and_keeps_the_shuffle() -> None:
+    """Before the rule was measured (docs/training.md), auto chose the balanced sampler and no weights."""
     skewed = fingerprint(manifest({"good": 300, "crack": 20, "spot": 20}), good_label="good")
     sampler, weights = resolve_imbalance(AUTO, AUTO, skewed, stage_name="stage2")
-    assert (sampler.value, weights.value) == ("balanced", "none")
-    assert "15.0x" in sampler.reason and "over-correct" in weights.reason
+    assert (sampler.value, sampler.auto, weights.value, weights.auto) == ("uniform", True, "sqrt", True)
+    assert "15.0x" in weights.reason and "1/sqrt" in weights.reason and "memorise" in sampler.reason
     even = fingerprint(manifest({"good": 30, "crack": 20, "spot": 20}))
     assert tuple(r.value for r in resolve_imbalance(AUTO, AUTO, even, stage_name="stage2")) == ("uniform", "none")
 
 
-def test_class_weights_take_over_when_the_sampler_is_uniform() -> None:
+def test_an_explicit_balanced_sampler_leaves_the_loss_unweighted() -> None:
     skewed = fingerprint(manifest({"good": 300, "crack": 20}))
-    sampler, weights = resolve_imbalance("uniform", AUTO, skewed, stage_name="stage2")
-    assert (sampler.value, sampler.auto, weights.value) == ("uniform", False, "balanced")
+    sampler, weights = resolve_imbalance("balanced", AUTO, skewed, stage_name="stage2")
+    assert (sampler.value, sampler.auto, weights.value) == ("balanced", False, "none")
+    assert "over-correct" in weights.reason
+
+
+def test_loss_class_weights_dampen_the_inverse_frequency_and_keep_the_loss_scale() -> None:
+    counts = [100, 25, 4]
+    sqrt = loss_class_weights("sqrt", counts)
+    assert sqrt[1] / sqrt[0] == pytest.approx(2.0) and sqrt[2] / sqrt[0] == pytest.approx(5.0)  # sqrt(100 / n)
+    balanced = loss_class_weights("balanced", counts)
+    assert balanced[2] / balanced[0] == pytest.approx(25.0)  # 100 / 4: the full inverse frequency
+    for weights in (sqrt, balanced):  # both average 1 over the training images
+        assert sum(n * w for n, w in zip(counts, weights)) == pytest.approx(sum(counts))
+    assert loss_class_weights("sqrt", [0, 4])[0] == pytest.approx(2 * loss_class_weights("sqrt", [0, 4])[1])
+    with pytest.raises(ValueError, match="loss.class_weights"):
+        loss_class_weights("auto", counts)
 
 
 @pytest.mark.parametrize("explicit", [
@@ -176,9 +192,9 @@ def test_summary_section_and_tags_name_every_setting() -> None:
     section = plan.to_dict()
     assert set(section["resolved"]) == {"model.image_size", "stage2.batch_size", "stage2.epochs", "stage2.sampler",
                                         "stage2.loss.class_weights"}
-    assert section["resolved"]["stage2.sampler"] == {
-        "value": "balanced", "requested": "auto", "auto": True, "tag": "auto.stage.sampler",
-        "reason": plan.settings["sampler"].reason}
+    assert section["resolved"]["stage2.loss.class_weights"] == {
+        "value": "sqrt", "requested": "auto", "auto": True, "tag": "auto.stage.loss.class_weights",
+        "reason": plan.settings["class_weights"].reason}
     assert section["resolved"]["stage2.epochs"]["auto"] is False
     assert section["fingerprint"]["imbalance_ratio"] == 15.0 and section["machine"]["cpu_cores"] == 2
     assert plan.settings["image_size"].tag == "auto.model.image_size"

@@ -56,15 +56,16 @@ def test_auto_settings_reach_the_job_and_the_summary(tmp_path: Path, skewed) -> 
     job = plan.job
     assert plan.model.image_size == 64 and job.meta["model_meta"]["image_size"] == 64  # the demo's 64 px images
     assert job.batch_size == plan.stage.batch_size == 2  # 30 training images: 30 / 8 steps -> 2
-    assert plan.stage.sampler == "balanced" and job.sample_weights is not None
-    weights = dict(zip(job.train_set.targets, job.sample_weights, strict=True))
+    assert plan.stage.sampler == "uniform" and job.sample_weights is None  # every image once per epoch
+    assert plan.stage.loss.class_weights == "sqrt"
+    weights = job.loss_fn.cls_loss.class_weights.tolist()
     good = job.train_set.labels.image_classes.index("good")
-    assert weights[good] < min(w for label, w in weights.items() if label != good)  # the common class less often
-    assert job.loss_fn.cls_loss.class_weights is None  # the sampler balances already
+    assert weights[good] < min(w for i, w in enumerate(weights) if i != good)  # the common class weighs less
     summary = run_stage(plan, DiagnosisParams()).summary
     resolved = summary["auto"]["resolved"]
     assert resolved["model.image_size"] == {**resolved["model.image_size"], "value": 64, "auto": True}
-    assert resolved["stage2.sampler"]["value"] == "balanced" and "(more than 3x)" in resolved["stage2.sampler"]["reason"]
+    assert resolved["stage2.loss.class_weights"]["value"] == "sqrt"
+    assert "(more than 3x)" in resolved["stage2.loss.class_weights"]["reason"]
     assert resolved["stage2.epochs"] == {**resolved["stage2.epochs"], "value": 1, "auto": False}
     assert summary["auto"]["fingerprint"]["class_counts"]["good"] == 16
     assert summary["trainer"]["global_batch_size"] == 2
@@ -76,12 +77,12 @@ def test_explicit_values_win_and_the_uniform_sampler_turns_class_weights_on(tmp_
     assert (plan.model.image_size, plan.job.batch_size, plan.job.config.epochs) == (96, 3, 2)
     assert plan.job.sample_weights is None
     weights = plan.job.loss_fn.cls_loss.class_weights.tolist()
-    assert plan.stage.loss.class_weights == "balanced" and max(weights) > 3 * min(weights)
+    assert plan.stage.loss.class_weights == "sqrt" and max(weights) > 1.5 * min(weights)
     assert not any(item["auto"] for key, item in plan.job.meta["auto"]["resolved"].items()
                    if key != "stage2.loss.class_weights")
 
 
-def test_balanced_sampling_forced_off_keeps_the_shuffle(tmp_path: Path, skewed) -> None:
+def test_imbalance_handling_forced_off_keeps_the_shuffle_and_an_unweighted_loss(tmp_path: Path, skewed) -> None:
     plan = _build(tmp_path, skewed, {"image_size": 64},
                   {"batch_size": 4, "epochs": 1, "sampler": "uniform", "loss": {"class_weights": "none"}})
     assert plan.job.sample_weights is None and plan.job.loss_fn.cls_loss.class_weights is None

@@ -144,5 +144,5 @@ def test_the_stage_run_is_tagged_with_what_each_auto_setting_resolved_to(
     finally:
         mlflow.set_tracking_uri(previous)
     assert tags["auto.model.image_size"] == "192" and "200 x 200" in tags["auto.model.image_size.reason"]
-    assert tags["auto.stage.sampler"] == "balanced" and tags["auto.stage.loss.class_weights"] == "none"
+    assert tags["auto.stage.sampler"] == "uniform" and tags["auto.stage.loss.class_weights"] == "sqrt"
     assert "auto.stage.epochs" in tags and "auto.stage.batch_size" not in tags  # 8 was set explicitly

@@ -157,8 +157,8 @@ class LossParams(StrictModel):
     beta_end: float = Field(0.3, ge=0.0, description="segmentation weight at its last step (dynamic)")
     ce_weight: float = Field(1.0, ge=0.0, description="segmentation CE/BCE term")
     dice_weight: float = Field(1.0, ge=0.0, description="segmentation Dice term")
-    class_weights: Literal["auto", "none", "balanced"] | list[float] = Field(
-        "auto", description="auto = balanced for imbalanced classes unless the sampler already balances them")
+    class_weights: Literal["auto", "none", "balanced", "sqrt"] | list[float] = Field(
+        "auto", description="auto = sqrt (1/sqrt(class count)) for imbalanced classes unless the sampler is balanced")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 

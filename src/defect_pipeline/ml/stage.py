@@ -62,7 +62,7 @@ from defect_pipeline.ml.models.adapters import LoraSpec
 from defect_pipeline.ml.models.starting_weights import load_starting_weights
 from defect_pipeline.ml.package import ModelPackage
 from defect_pipeline.ml.plan import AUTO, Resolved, StagePlanAuto, fingerprint, machine_from, plan_stage
-from defect_pipeline.ml.plan import resolve_image_size, sampling_weights
+from defect_pipeline.ml.plan import CLASS_WEIGHTS, loss_class_weights, resolve_image_size, sampling_weights
 from defect_pipeline.ml.preprocess import resolve_preprocessing
 from defect_pipeline.ml.speed import resolve_channels_last
 from defect_pipeline.ml.stage_records import best_values, describe_initial_weights
@@ -230,12 +230,11 @@ def _network(model: ModelParams, labels: LabelSpace, init_state: dict | None, in
 
 
 def _loss(stage: StageParams, labels: LabelSpace, seg_mode: str, train_set: ManifestDataset) -> MultitaskLoss:
-    """The weighted classification + segmentation loss (``balanced`` class weights from the train split)."""
+    """The weighted classification + segmentation loss (``balanced``/``sqrt`` class weights from the train split)."""
     loss = stage.loss
     class_weights = None
-    if loss.class_weights == "balanced":
-        counts = torch.tensor(class_counts(train_set), dtype=torch.float32).clamp(min=1)
-        class_weights = (counts.sum() / (len(counts) * counts)).tolist()
+    if loss.class_weights in CLASS_WEIGHTS:
+        class_weights = loss_class_weights(loss.class_weights, class_counts(train_set))
     elif isinstance(loss.class_weights, list):
         class_weights = loss.class_weights
     return MultitaskLoss(
