@@ -31,6 +31,25 @@ def test_the_section_holds_both_models_and_judges_the_goal() -> None:
     assert "**2.40×**" in fast and fast.rstrip().endswith("met.") and "not met" not in fast
 
 
+def test_the_section_lists_every_setting_tried_and_the_one_kept() -> None:
+    """Failed before the export tried several settings (the section had no settings table)."""
+    report = _report(1.58, 0.768)
+    block = report["int8"]
+    for side in (block["fp32"], block["int8"]):
+        side["images_per_cpu_s"] = side["images_per_s"]
+    tensor = {**block["int8"], "images_per_cpu_s": 175.0, "method": "per-tensor recipe",
+              "difference_int8_minus_fp32": {"miou": -0.05, "macro_f1": -0.02}}
+    block.update(setting="per_channel", choice="the most accurate", settings={
+        "per_channel": {**block["int8"], "method": "per-channel recipe",
+                        "difference_int8_minus_fp32": {"miou": -0.012, "macro_f1": -0.006}},
+        "per_tensor": tensor})
+    text = render(report, title="T", command="c", measured_by="m", machine="here")
+    assert "| network images/s (CPU time, 1 thread) | 100.0 | 158.0 | **1.58×** |" in text
+    assert "| per_channel (kept) | per-channel recipe | 158.0 | 1.58× | -1.2 | -0.6 |" in text
+    assert "| per_tensor | per-tensor recipe | 175.0 | 1.75× | -5.0 | -2.0 |" in text
+    assert "kept: `per_channel`, the most accurate." in text
+
+
 def test_a_report_without_int8_and_a_missing_report_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="export.quantize=int8"):
         render({"file": "model.onnx"}, title="T", command="c", measured_by="m", machine="here")

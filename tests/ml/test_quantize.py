@@ -95,3 +95,36 @@ def test_int8_model_is_quantised_saved_and_served_by_the_onnx_backend(exported, 
     with pytest.raises(ValueError, match="precision must be one of fp32, int8"):
         OnnxRunner(loaded, precision="int4")
     assert json.loads((folder / "model.onnx.json").read_text())["providers"]["requested"] == "auto"
+
+
+def test_each_int8_setting_shapes_the_quantised_graph(exported) -> None:
+    """Failed before ``export.int8_settings``: quantize_int8 had one recipe (QDQ, per-channel) and no ``setting``."""
+    import onnx
+    from onnx import numpy_helper
+
+    from defect_pipeline.ml.int8_settings import INT8_SETTINGS
+    from defect_pipeline.ml.quantize import throughputs
+
+    _, export = exported
+    calibration = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
+
+    def conv_weight_scales(model: bytes) -> list[int]:
+        graph = onnx.load(io.BytesIO(model)).graph
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+        return [inits[node.input[1]].size for node in graph.node
+                if node.op_type == "DequantizeLinear" and node.input[0] in weights]
+
+    per_channel = quantize_int8(export.model, calibration, batch_size=4, setting=INT8_SETTINGS["per_channel"])
+    per_tensor = quantize_int8(export.model, calibration, batch_size=4, setting=INT8_SETTINGS["per_tensor"])
+    assert max(conv_weight_scales(per_channel)) > 1  # one scale per output channel
+    assert conv_weight_scales(per_tensor) and set(conv_weight_scales(per_tensor)) == {1}  # one scale per tensor
+    qoperator = quantize_int8(export.model, calibration, batch_size=4, setting=INT8_SETTINGS["qoperator"])
+    assert "QLinearConv" in {node.op_type for node in onnx.load(io.BytesIO(qoperator)).graph.node}
+
+    runners = {name: OnnxRunner.from_model(model, provider="cpu", threads=1)
+               for name, model in (("fp32", export.model), ("int8", per_tensor))}
+    speeds = throughputs(runners, calibration, batch_size=2, repeats=1, single_thread=True)
+    assert set(speeds) == {"fp32", "int8"}
+    assert all(s["images_per_s"] > 0 and s["images_per_cpu_s"] > 0 for s in speeds.values())
+    assert throughputs(runners, calibration, batch_size=2, repeats=1)["int8"]["images_per_cpu_s"] is None

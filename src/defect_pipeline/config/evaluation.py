@@ -149,6 +149,12 @@ class ExportParams(StrictModel):
     calibration_split: str = Field("val", description="manifest split the int8 model is calibrated and checked on")
     calibration_images: int = Field(64, ge=1, description="images of calibration_split used to calibrate int8")
     benchmark_batch_size: int = Field(8, ge=1, description="batch of the images/s measurement (and calibration)")
+    int8_settings: list[str] = Field(
+        ["per_channel", "per_tensor"], min_length=1,
+        description="int8 recipes to try (ml/int8_settings.py: per_channel, per_tensor, reduce_range, qoperator, "
+                    "s8s8, percentile, entropy); each is measured and the fastest within int8_max_miou_loss kept")
+    int8_max_miou_loss: float = Field(0.01, ge=0.0, le=1.0,
+                                      description="mIoU (a fraction) an int8 setting may lose against fp32 to be kept")
     provider: OnnxProvider = Field(
         "auto", description="onnxruntime execution provider the export is checked and timed on: auto (TensorRT, "
                             "CUDA or CPU, the best available) | tensorrt | cuda | cpu")

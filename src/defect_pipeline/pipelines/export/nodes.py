@@ -27,5 +27,6 @@ def export(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any]
                                 split=params.calibration_split)
         exported = quantize_export(exported, package, dataset, calibration_limit=params.calibration_images,
                                    provider=params.provider, threads=runtime.onnx_threads,
-                                   batch_size=params.benchmark_batch_size)
+                                   batch_size=params.benchmark_batch_size, settings=params.int8_settings,
+                                   max_miou_loss=params.int8_max_miou_loss)
     return exported, exported.report
