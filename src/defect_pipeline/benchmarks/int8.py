@@ -48,7 +48,8 @@ def render(report: dict[str, Any], *, title: str, command: str, measured_by: str
         "",
         *settings_table(block, fp32_speed),
         f"Goal (issue 17): ≥ {GOAL_SPEEDUP:g}× fp32 throughput with ≤ {100 * GOAL_MIOU_LOSS:g} point of mIoU lost: "
-        + ("met." if met else "**not met** on this model and CPU."),
+        + ("met." if met else "**not met** on this model and CPU (why, and what else was tried: "
+                              "docs/evaluation.md, \"Export targets\")."),
     ])
 
 
