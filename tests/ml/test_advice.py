@@ -76,7 +76,7 @@ def test_imbalance_asks_for_class_weights_and_epochs_follow_the_step_target() ->
     balanced = advise(dataset_facts(manifest({"good": 300, "crack": 300})), device="cpu", free_memory_bytes=24 * GIB)
     skewed = advise(dataset_facts(manifest({"good": 1000, "crack": 100})), device="cpu", free_memory_bytes=24 * GIB)
     assert balanced["recommendations"]["class_weights"] == "none"
-    assert skewed["recommendations"]["class_weights"] == "balanced" and "10.0" in skewed["reasons"]["class_weights"]
+    assert skewed["recommendations"]["class_weights"] == "sqrt" and "10.0" in skewed["reasons"]["class_weights"]
     epochs = balanced["recommendations"]["epochs"]  # 600 samples / 16 = 38 steps per epoch -> 3000 / 38 = 79
     assert epochs == {"stage1": 7, "stage2": 79, "stage3": 15}
     many = advise(dataset_facts(manifest({"crack": 50_000, "spot": 50_000})), device="cpu",

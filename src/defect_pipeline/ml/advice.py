@@ -26,8 +26,8 @@ Rules (the reasons in the output quote them):
   per step, gradient accumulation brings the effective batch to 16.
 * **epochs**: stage2 aims at about 3,000 optimizer steps (15–100 epochs); stage1 a tenth of that
   (at least 2), stage3 a fifth (at least 2).
-* **class weights**: ``balanced`` when the largest image class has more than 3× the samples of the
-  smallest in the training split.
+* **class weights**: ``sqrt`` (1/sqrt(class count), the rule ``auto`` applies, see ``ml/plan.py``) when the
+  largest image class has more than 3× the samples of the smallest in the training split.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def advise(facts: DatasetFacts, *, device: str, free_memory_bytes: float | None,
 
     counts = facts.class_counts
     ratio = max(counts.values()) / max(1, min(counts.values())) if counts else 1.0
-    class_weights = "balanced" if ratio > IMBALANCE_RATIO else "none"
+    class_weights = "sqrt" if ratio > IMBALANCE_RATIO else "none"  # as stageN.loss.class_weights: auto resolves
     reasons["class_weights"] = (f"largest/smallest image class = {ratio:.1f} "
                                 f"({'more' if ratio > IMBALANCE_RATIO else 'not more'} than {IMBALANCE_RATIO:g}×)")
     return {
