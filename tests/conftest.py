@@ -109,7 +109,6 @@ def neu_seg_root() -> Path:
     return NEU_SEG_ROOT
 
 
-
 def prepared_demo(root: Path, *, images_per_class: int, good_images: int, image_size: int):
     """A demo dataset written to ``root`` and taken through the data nodes (organize → check → masks → split),
     in-process: ``(data params, raw_source, manifest, scan_summary)``."""
@@ -126,6 +125,7 @@ def prepared_demo(root: Path, *, images_per_class: int, good_images: int, image_
     manifest = nodes.validate_masks(manifest, scan_summary, params)
     manifest, _ = nodes.split(manifest, params)
     return params, raw_source, manifest, scan_summary
+
 
 def make_tiny_package(labels, *, seg_mode: str = "multiclass", thresholds=None, seed: int = 0,
                       backbone: str = "resnet18", image_size: int = 64, input_mode: str | None = None):

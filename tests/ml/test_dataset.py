@@ -16,8 +16,6 @@ import torch
 from PIL import Image
 
 import defect_pipeline.ml.dataset as dataset_module
-from defect_pipeline.config import DataParams
-from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.data.imageio import load_mask
 from defect_pipeline.ml.augment import build_transform
 from defect_pipeline.ml.dataset import (
@@ -28,7 +26,7 @@ from defect_pipeline.ml.dataset import (
     labels_from_manifest,
 )
 from defect_pipeline.ml.labels import LabelSpace
-from defect_pipeline.pipelines.data import nodes
+from tests.conftest import prepared_demo
 
 IMAGE_SIZE = 32
 RECIPE = [
@@ -45,13 +43,7 @@ RECIPE = [
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, LabelSpace]:
     """The demo dataset (4 images per class + 4 good, 64 px) through organize → check → masks → split."""
     root = tmp_path_factory.mktemp("demo") / "raw"
-    write_demo_dataset(root, DemoSpec(images_per_class=4, good_images=4, image_size=64))
-    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
-    raw_source = {"source": "user", "raw_root": str(root)}
-    manifest, scan_summary = nodes.organize(raw_source, params)
-    manifest = nodes.check(manifest, raw_source, scan_summary, params)
-    manifest = nodes.validate_masks(manifest, scan_summary, params)
-    manifest, _ = nodes.split(manifest, params)
+    _, _, manifest, scan_summary = prepared_demo(root, images_per_class=4, good_images=4, image_size=64)
     labels = labels_from_manifest(manifest, defect_classes=scan_summary["classes"], good_label="good")
     return root, manifest, labels
 

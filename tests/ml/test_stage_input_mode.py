@@ -28,12 +28,10 @@ from defect_pipeline.config import (
     StageParams,
     TrainerParams,
 )
-from defect_pipeline.data.demo import DemoSpec, write_demo_dataset
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.distributed import resolve_trainer
 from defect_pipeline.ml.stage import build_training_job, plan_input, resolve_model_auto, run_stage
-from defect_pipeline.pipelines.data import nodes
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, prepared_demo
 
 TINY_MODEL = {"backbone": "resnet18", "image_size": 64, "decoder_channels": 32}
 pytestmark = pytest.mark.filterwarnings("ignore:.*random initialisation:UserWarning")
@@ -42,13 +40,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*random initialisation:UserWarn
 def _demo(root: Path, image_size: int, *, per_class: int = 3, good_images: int = 3
           ) -> tuple[str, pd.DataFrame, list[str]]:
     """The demo dataset (3 images per class + 3 good) through organize → check → masks → split."""
-    write_demo_dataset(root, DemoSpec(images_per_class=per_class, good_images=good_images, image_size=image_size))
-    params = DataParams.model_validate({"raw_root": str(root), "check": {"num_workers": 0, "progress": False}})
-    raw_source = {"source": "user", "raw_root": str(root)}
-    manifest, scan_summary = nodes.organize(raw_source, params)
-    manifest = nodes.check(manifest, raw_source, scan_summary, params)
-    manifest = nodes.validate_masks(manifest, scan_summary, params)
-    manifest, _ = nodes.split(manifest, params)
+    _, _, manifest, scan_summary = prepared_demo(root, images_per_class=per_class, good_images=good_images,
+                                                 image_size=image_size)
     return str(root), manifest, list(scan_summary["classes"])
 
 

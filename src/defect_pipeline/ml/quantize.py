@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
