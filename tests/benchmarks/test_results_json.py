@@ -117,3 +117,22 @@ def test_json_without_an_mlflow_store_names_the_missing_database(tmp_path: Path,
     with pytest.raises(SystemExit, match=r"mlflow.db: no MLflow database there; run `kedro run`"):
         test_metrics.main(["--project", str(project), "--root", "raw", "--doc", str(tmp_path / "b.md"),
                            "--json", str(tmp_path / "x.json")])
+
+
+def test_the_tuned_models_flips_are_measured_and_said(tmp_path: Path, record_run, monkeypatch) -> None:
+    project, _ = _project(tmp_path, record_run, monkeypatch)
+    calls = []
+    monkeypatch.setattr(test_metrics, "evaluate_checkpoint",
+                        lambda *args, **kwargs: calls.append(kwargs.get("tta")) or dict(METRICS))
+    tuned = project / "data/06_models/tuned"
+    tuned.mkdir(parents=True)
+    (tuned / "model.json").write_text(json.dumps({"tta": ["hflip", "vflip"]}))
+    doc, out = tmp_path / "benchmarks.md", tmp_path / "neu_seg.json"
+    test_metrics.main(["--project", str(project), "--root", "raw", "--doc", str(doc), "--json", str(out)])
+    assert calls == [("hflip", "vflip")]
+    assert json.loads(out.read_text())["test_time_flips"] == ["hflip", "vflip"]
+    assert "averaged with the test-time flips hflip, vflip" in doc.read_text()
+    # an explicit --tta wins, and is part of the command the section names
+    test_metrics.main(["--project", str(project), "--root", "raw", "--doc", str(doc), "--json", str(out), "--tta"])
+    assert calls[-1] == () and json.loads(out.read_text())["test_time_flips"] == []
+    assert "--tta`" in doc.read_text() and "test-time flips" not in doc.read_text()

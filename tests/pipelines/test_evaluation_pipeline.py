@@ -15,6 +15,8 @@ from PIL import Image
 
 from defect_pipeline.config.evaluation import InferenceParams
 from defect_pipeline.hooks.pre_run import MissingInputsError
+from defect_pipeline.ml.package import ModelPackage
+from defect_pipeline.ml.predict import Predictor
 from defect_pipeline.ml.serving import encode_image
 from defect_pipeline.pipelines.inference.nodes import list_input_images
 from tests.conftest import TINY, copy_project, run_kedro
@@ -121,6 +123,32 @@ def test_inference_over_a_folder_with_onnx_and_overrides(tiny_default_run: Path,
     mask = np.asarray(Image.open(project / "data/07_model_output/masks/odd.png"))
     assert mask.shape == (33, 97)
     assert (project / "data/07_model_output/masks/sub dir/grau ü.png").is_file()
+
+
+def test_flips_tuned_with_travel_in_the_package_to_evaluate_and_inference(tiny_default_run: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    project = copy_project(tiny_default_run, tmp_path / "project", monkeypatch)
+    plain = _json(project / "data/08_reporting/evaluation/summary.json")
+    assert plain["model"]["tta"] == []
+    run_kedro(project, pipelines=["thresholds", "evaluate"], params={"thresholds": {"tta": ["hflip"]}})
+    assert _json(project / "data/06_models/tuned/model.json")["tta"] == ["hflip"]
+    assert _json(project / "data/07_model_output/thresholds.json")["parameters"]["tta"] == ["hflip"]
+    flipped = _json(project / "data/08_reporting/evaluation/summary.json")
+    assert flipped["model"]["tta"] == ["hflip"]
+    assert "test-time flips hflip" in (project / "data/08_reporting/evaluation/report.md").read_text()
+    # the package predicts with its flips wherever it is loaded (the MLflow pyfunc model builds the same Predictor)
+    package = ModelPackage.load(project / "data/06_models/tuned")
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (own,), (hflip,), (none,) = (Predictor(package, tta=t).probabilities([image]) for t in (None, ["hflip"], []))
+    np.testing.assert_array_equal(own.seg_probs, hflip.seg_probs)
+    assert not np.allclose(own.seg_probs, none.seg_probs, atol=1e-5)
+    # inference follows the package unless told otherwise
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images/a.png")
+    run_kedro(project, "inference", params={"inference": {"input_dir": str(tmp_path / "images")}})
+    assert _json(project / "data/07_model_output/inference_summary.json")["model"]["tta"] == ["hflip"]
+    run_kedro(project, "inference", params={"inference": {"input_dir": str(tmp_path / "images"), "tta": []}})
+    assert _json(project / "data/07_model_output/inference_summary.json")["model"]["tta"] == []
 
 
 def test_inference_without_input_dir_or_model_says_what_to_do(kedro_project: Path) -> None:

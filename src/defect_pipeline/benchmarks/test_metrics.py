@@ -38,27 +38,23 @@ from defect_pipeline.benchmarks.recorded import threads_used, weights_lineage
 
 
 def evaluate_checkpoint(checkpoint: Path, manifest: pd.DataFrame, root: str, *, split: str = "test",
-                        batch_size: int = 32) -> dict[str, float]:
-    """Metrics of ``checkpoint`` on ``split`` (threshold-free: argmax classes, argmax pixels)."""
+                        batch_size: int = 32, tta: tuple[str, ...] = ()) -> dict[str, float]:
+    """Metrics of ``checkpoint`` on ``split`` (threshold-free: argmax classes, argmax pixels); ``tta``: test-time
+    flips whose probabilities are averaged with the plain view's before the argmax, as the Predictor does."""
     from defect_pipeline.ml.augment import build_transform
     from defect_pipeline.ml.checkpoint import safe_torch_load
     from defect_pipeline.ml.dataset import ManifestDataset, create_dataloader
     from defect_pipeline.ml.labels import LabelSpace
     from defect_pipeline.ml.metrics import MultitaskMetrics
-    from defect_pipeline.ml.models import create_model
+    from defect_pipeline.ml.package import ModelPackage
+    from defect_pipeline.ml.predict import Predictor
 
     state = safe_torch_load(checkpoint)
     labels = LabelSpace.from_dict(state["labels"])
     meta = state["model_meta"]
-    model_cfg = state["config"]["model"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = create_model(meta["backbone"], num_image_classes=labels.num_image_classes,
-                             num_seg_classes=labels.num_seg_classes, seg_mode=meta["seg_mode"],
-                             decoder=meta["decoder"], decoder_channels=model_cfg["decoder_channels"],
-                             image_size=meta["image_size"])
-    model.load_state_dict(state["model"])
-    model.eval()
+        predictor = Predictor(ModelPackage.from_checkpoint(state, source=str(checkpoint)), tta=tta)
     dataset = ManifestDataset(manifest, root=root, split=split, labels=labels, seg_mode=meta["seg_mode"],
                               transform=build_transform([], image_size=meta["image_size"], train=False))
     loader = create_dataloader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, seed=0)
@@ -66,8 +62,9 @@ def evaluate_checkpoint(checkpoint: Path, manifest: pd.DataFrame, root: str, *, 
     start = time.perf_counter()
     with torch.no_grad():
         for batch in loader:
-            out = model(batch["image"])
-            metrics.update(out.seg_logits, out.cls_logits, batch["mask"], batch["label"])
+            seg, cls = predictor.input_size_probabilities(batch["image"])
+            # argmax decisions: the probabilities rank like logits (binary: p > 0.5 is logit > 0)
+            metrics.update(seg - 0.5 if meta["seg_mode"] == "binary" else seg, cls, batch["mask"], batch["label"])
     result = metrics.compute()
     result["images"] = len(dataset)
     result["images_per_s"] = len(dataset) / (time.perf_counter() - start)
@@ -100,6 +97,14 @@ def recorded_run(project: Path, stage: str, summary: dict[str, Any], *, run_id: 
             "machine": parent.tags.get(MACHINE_TAG)}
 
 
+def package_tta(folder: Path) -> tuple[str, ...]:
+    """The test-time flips a tuned model package predicts with (``model.json`` ``tta``); none without one."""
+    model_json = folder / "model.json"
+    if not model_json.is_file():
+        return ()
+    return tuple(json.loads(model_json.read_text()).get("tta") or ())
+
+
 def git_commit(project: Path) -> str:
     """The project's git HEAD (for a run that did not record ``git.commit``)."""
     try:
@@ -111,7 +116,7 @@ def git_commit(project: Path) -> str:
 
 
 def headline(result: dict[str, float], *, training_seconds: float, command: str, run: dict[str, Any] | None,
-             machine: str) -> dict[str, Any]:
+             machine: str, tta: tuple[str, ...] = ()) -> dict[str, Any]:
     """The headline result as ``docs/results/<name>.json`` holds it and the section shows it: fractions to
     4 decimals (the section prints them as percentages with 2), minutes to 1. ``machine``: the one this
     command runs on, used when the run did not record the machine it trained on."""
@@ -121,7 +126,7 @@ def headline(result: dict[str, float], *, training_seconds: float, command: str,
         "iou": {k[len("iou/"):]: frac(v) for k, v in result.items() if k.startswith("iou/")},
         "image_accuracy": frac(result["accuracy"]), "image_macro_f1": frac(result["macro_f1"]),
         "test_images": int(result["images"]),
-        "training_minutes": round(training_seconds / 60, 1), "command": command,
+        "training_minutes": round(training_seconds / 60, 1), "test_time_flips": list(tta), "command": command,
         "git_commit": run["git_commit"] if run else None, "git_dirty": run["git_dirty"] if run else None,
         "mlflow_run_id": run["run_id"] if run else None,
         "machine": (run or {}).get("machine") or machine,
@@ -145,7 +150,9 @@ def render(head: dict[str, Any], *, title: str, measured_by: str, summary: dict[
         f"{summary.get('precision', 'fp32')} "
         f"(`precision: auto` measures the CPU). Checkpoint: {stage} best (epoch {summary['best_epoch']}, "
         f"{summary['monitor']} {summary['best_metric']:.4f} on val). Argmax decisions at the model's input size "
-        "(the `evaluation` section below measures at each image's own size, fixed and tuned).",
+        + (f"on the plain view averaged with the test-time flips {', '.join(head['test_time_flips'])} (the tuned "
+           "model's `thresholds.tta`) " if head.get("test_time_flips") else "")
+        + "(the `evaluation` section below measures at each image's own size, fixed and tuned).",
         "",
         "| metric | test |",
         "|---|---|",
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-id", default=None, help="the MLflow parent run that trained the checkpoint "
                                                        "(default: the newest finished `kedro run`)")
     parser.add_argument("--tracking-uri", default=None, help="sqlite:///<file> (default: <project>/mlflow.db)")
+    parser.add_argument("--tta", nargs="*", choices=["hflip", "vflip"], default=None,
+                        help="test-time flips (default: the tuned model's, 06_models/tuned/model.json `tta`, "
+                             "i.e. the run's thresholds.tta; none when it has none)")
     parser.add_argument("--doc", default="docs/benchmarks.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -191,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     except RunRecordError as error:
         raise SystemExit(f"test_metrics: {error}") from None
     manifest = pd.read_parquet(project / args.data_root / "03_primary/manifest.parquet")
-    result = evaluate_checkpoint(project / args.data_root / f"06_models/{last_stage}/best.pt", manifest, args.root)
+    tta = tuple(args.tta) if args.tta is not None else package_tta(project / args.data_root / "06_models/tuned")
+    result = evaluate_checkpoint(project / args.data_root / f"06_models/{last_stage}/best.pt", manifest, args.root,
+                                 tta=tta)
     training_seconds, epochs, threads = 0.0, [], []
     for stage in args.stages:
         history = pd.read_csv(project / args.data_root / f"08_reporting/{stage}/history.csv")
@@ -199,10 +211,12 @@ def main(argv: list[str] | None = None) -> None:
         epochs.append(f"{stage} {len(history)}")
         threads.extend(history["cpu_threads"] if "cpu_threads" in history.columns else [])
     command = args.command or (run or {}).get("command") or "kedro run --env neu_seg"
-    head = headline(result, training_seconds=training_seconds, command=command, run=run, machine=describe_machine())
+    head = headline(result, training_seconds=training_seconds, command=command, run=run, machine=describe_machine(),
+                    tta=tta)
     measured_by = " ".join(["python -m defect_pipeline.benchmarks test_metrics", f"--project {args.project}",
                             *([f"--data-root {args.data_root}"] if str(args.data_root) != "data" else []),
-                            f"--root {args.root}", *([f"--json {args.json}"] if args.json else [])])
+                            f"--root {args.root}", *([f"--json {args.json}"] if args.json else []),
+                            *(["--tta", *args.tta] if args.tta is not None else [])])
     body = render(head, title=args.title, measured_by=measured_by, summary=summary,
                   lineage=weights_lineage(project, last_stage, args.data_root), threads=threads_used(threads),
                   epochs=epochs, stage=last_stage, wall_seconds=args.wall_seconds)

@@ -36,6 +36,10 @@ class ThresholdsParams(StrictModel):
         0.02, ge=0.0, le=1.0, description="largest fall of the split's mIoU incl. background (fixed 0.5 / 0 px → "
                                           "tuned) that a tuned pixel threshold and min area may cause; more, and "
                                           "the fixed ones are kept (1: no limit)")
+    tta: list[Literal["hflip", "vflip"]] = Field(
+        [], description="test-time flips the operating point is tuned with; the tuned model package keeps them, "
+                        "so evaluate, export checks, inference and the MLflow model predict the same way "
+                        "(1 + len(tta) forward passes per image)")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -52,6 +56,8 @@ class ThresholdsParams(StrictModel):
             raise ValueError(f"criterion {self.criterion} needs 'target' (e.g. 0.05)")
         if any(a < 0 for a in self.min_area_candidates):
             raise ValueError("min_area_candidates must be >= 0")
+        if len(set(self.tta)) != len(self.tta):
+            raise ValueError(f"tta lists a flip twice: {self.tta}")
         return self
 
 
@@ -104,8 +110,9 @@ class InferenceParams(StrictModel):
     write_masks: bool = True
     write_overlays: bool = True
     follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
-    tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips for a single model (an "
-                                                                 "ensemble.json brings its own)")
+    tta: list[Literal["hflip", "vflip"]] | None = Field(
+        None, description="test-time flips for a single model; null = the model package's (the thresholds.tta its "
+                          "operating point was tuned with), [] = none (an ensemble.json brings its own)")
     tile_overlap: float = Field(0.25, ge=0.0, le=0.9,
                                 description="models trained on crops (model.json input_mode: tile): how much "
                                             "neighbouring tiles overlap, as a fraction of the tile size")

@@ -73,7 +73,9 @@ def render_evaluation_markdown(summary: dict[str, Any], *, model: dict[str, Any]
     lines = [f"# Evaluation on the `{summary['split']}` split ({summary['samples']} images)", "",
              f"Model: `{model.get('backbone')}` from {model.get('stage') or model.get('source_checkpoint')} "
              f"(weights sha256 `{str(model.get('weights_sha256', ''))[:12]}`, MLflow run "
-             f"`{model.get('mlflow_run_id') or '–'}`).", "",
+             f"`{model.get('mlflow_run_id') or '–'}`)"
+             + (f"; test-time flips {', '.join(model['tta'])} averaged with the plain view" if model.get("tta") else "")
+             + ".", "",
              f"Tuned thresholds: image {t['image']:.3f}, pixel {t['pixel']:.3f}, min area {t['min_area']} px"
              + (f", per class {', '.join(f'{k} {v:.3f}' for k, v in t['per_class'].items())}" if t["per_class"] else "")
              + f" ({t['source']}). Fixed: 0.5 / 0.5 / 0 px.", ""]

@@ -99,6 +99,7 @@ def model_description(package: ModelPackage) -> dict[str, Any]:
     keys = ("backbone", "decoder", "image_size", "seg_mode", "stage", "epoch", "monitor", "best_metric",
             "manifest_hash", "source_checkpoint", "mlflow_run_id", "training_run_id")
     return {**{k: package.meta.get(k) for k in keys}, "input_mode": package.input_mode,
+            "tta": list(package.meta.get("tta") or []),
             "weights_sha256": package.weights_sha256,
             "classes": list(package.labels.image_classes)}
 

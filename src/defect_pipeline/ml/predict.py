@@ -123,7 +123,8 @@ class Predictor(_Decisions):
     ``tta``: test-time flips (``hflip``, ``vflip``). Each flipped batch is predicted, its
     probabilities flipped back, and all views (the plain one included) averaged, in mask space
     at the model's input size, before resizing to the image (tile mode: per tile, before
-    stitching) — 1 + len(tta) forward passes.
+    stitching) — 1 + len(tta) forward passes. ``None``: the package's own (model meta ``tta``,
+    written by threshold tuning with ``thresholds.tta``: its thresholds were tuned on those views).
 
     ``device`` and ``precision`` (``fp32``, ``bf16``, ``fp16``): where the PyTorch network runs and its
     autocast (:func:`~defect_pipeline.ml.device.resolve_prediction_device` turns the ``trainer`` block into
@@ -133,7 +134,7 @@ class Predictor(_Decisions):
     """
 
     def __init__(self, package: ModelPackage, *, thresholds: Thresholds | None = None, device: str = "cpu",
-                 backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] = (),
+                 backend: str = "torch", onnx_threads: int | None = None, tta: Sequence[str] | None = None,
                  tile_overlap: float = DEFAULT_OVERLAP, tile_batch_size: int = 8, precision: str = "fp32",
                  onnx_precision: str = "fp32", onnx_provider: str = "auto",
                  runner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
@@ -141,6 +142,8 @@ class Predictor(_Decisions):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if tta is None:
+            tta = package.meta.get("tta") or ()
         self._options = {"thresholds": thresholds, "device": device, "backend": backend, "onnx_threads": onnx_threads,
                          "tta": tuple(tta), "tile_overlap": tile_overlap, "tile_batch_size": tile_batch_size,
                          "precision": precision, "onnx_precision": onnx_precision, "onnx_provider": onnx_provider}
@@ -259,6 +262,11 @@ class Predictor(_Decisions):
                                interpolation=cv2.INTER_LINEAR)
             out.append(RawOutput(class_probs[i], probs.reshape(height, width, -1)))
         return out
+
+    def input_size_probabilities(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel (N, C, S, S), class (N, K)) probabilities of an already preprocessed batch at the model's input
+        size, averaged over the plain view and the test-time flips (no resizing back, no thresholds)."""
+        return self._views(batch)
 
     def _views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel, class) probabilities of a batch averaged over the plain view and the test-time flips."""

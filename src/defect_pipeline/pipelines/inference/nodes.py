@@ -87,9 +87,9 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
                                     "kedro run --pipeline=ensemble tunes one)")
         thresholds, source = _thresholds_of(untuned, cfg)
         predictor = variant_predictor(packages, list(cfg.checkpoint), [1.0] * len(packages),
-                                      {"members": list(range(len(packages))), "tta": cfg.tta}, thresholds,
+                                      {"members": list(range(len(packages))), "tta": cfg.tta or []}, thresholds,
                                       tile_overlap=cfg.tile_overlap)
-        return predictor, thresholds, source, {"members": list(cfg.checkpoint), "tta": list(cfg.tta)}
+        return predictor, thresholds, source, {"members": list(cfg.checkpoint), "tta": list(cfg.tta or [])}
     if cfg.checkpoint and cfg.checkpoint.endswith(".json"):  # a tuned ensemble (kedro run --pipeline=ensemble)
         if cfg.backend != "torch" or cfg.tta:
             raise ValueError("an ensemble.json runs with inference.backend: torch and brings its own test-time flips; "
@@ -107,7 +107,7 @@ def _predictor(model: ModelStore, cfg: InferenceParams, runtime: RuntimeParams
     predictor = Predictor(package, thresholds=thresholds, backend=cfg.backend, tta=cfg.tta,
                           onnx_threads=runtime.onnx_threads, tile_overlap=cfg.tile_overlap,
                           onnx_precision=cfg.onnx_precision, onnx_provider=cfg.onnx_provider)
-    description = {**model_description(package), "tta": list(cfg.tta)}
+    description = {**model_description(package), "tta": list(predictor.tta)}
     if cfg.backend == "onnx":
         description.update(onnx_precision=cfg.onnx_precision, onnx_providers=predictor.onnx_providers)
     if predictor.input_mode == "tile":

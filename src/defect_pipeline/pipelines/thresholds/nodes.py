@@ -40,7 +40,8 @@ def check_rules(params: ThresholdsParams) -> CheckRules:
 def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], scan_summary: dict[str, Any],
          params: ThresholdsParams, data: DataParams, runtime: RuntimeParams, trainer: TrainerParams = TrainerParams()
          ) -> tuple[dict[str, Any], Figure, ModelPackage, NodeOutcome]:
-    """``thresholds.json``, the threshold curves, the model package with the thresholds bundled, and the
+    """``thresholds.json``, the threshold curves, the model package with the thresholds (and the test-time
+    flips ``thresholds.tta`` they were tuned with) bundled, and the
     outcome that tags the MLflow run with the thresholds' status (tuned, or which part was kept fixed and why).
     The model runs where ``trainer.accelerator``/``trainer.precision`` say (recorded under ``device``)."""
     apply_runtime(runtime.cpu_threads)
@@ -49,7 +50,7 @@ def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], 
     dataset = split_dataset(package, manifest, raw_source["raw_root"], defect_classes=scan_summary["classes"],
                             good_label=data.good_label, binarize_threshold=data.masks.binarize_threshold,
                             split=params.split)
-    predictor = Predictor(package, device=where.device, precision=where.precision)
+    predictor = Predictor(package, device=where.device, precision=where.precision, tta=params.tta)
     result = tune_thresholds(dataset, predictor, criterion=params.criterion, target=params.target,
                              pixel_metric=params.pixel_metric, min_area_candidates=params.min_area_candidates,
                              per_class=params.per_class, rules=check_rules(params), batch_size=params.batch_size,
@@ -57,9 +58,10 @@ def tune(model: ModelStore, manifest: pd.DataFrame, raw_source: dict[str, Any], 
     report = {**result.report, "model": model_description(package), "parameters": params.model_dump(mode="json"),
               "device": where.describe()}
     t = result.thresholds
-    logger.info("thresholds on %d %s images (%s): image %.3f, pixel %.3f, min area %d px%s", len(dataset),
-                params.split, result.report["status"], t.image, t.pixel, t.min_area,
-                f", per class {t.per_class}" if t.per_class else "")
-    tuned = ModelPackage(package.state_dict, dict(package.meta), result.thresholds)
+    logger.info("thresholds on %d %s images (%s%s): image %.3f, pixel %.3f, min area %d px%s", len(dataset),
+                params.split, result.report["status"], f", test-time flips {params.tta}" if params.tta else "",
+                t.image, t.pixel, t.min_area, f", per class {t.per_class}" if t.per_class else "")
+    # the operating point was tuned on these views: the package predicts with them wherever it goes
+    tuned = ModelPackage(package.state_dict, {**package.meta, "tta": list(params.tta)}, result.thresholds)
     outcome = NodeOutcome(tags={THRESHOLDS_STATUS_TAG: result.report["status"]})
     return report, plot_threshold_curves(result.report), tuned, outcome
