@@ -99,7 +99,9 @@ def recorded_run(project: Path, stage: str, summary: dict[str, Any], *, run_id: 
 
 def package_tta(folder: Path) -> tuple[str, ...]:
     """The test-time flips a tuned model package predicts with (``model.json`` ``tta``); none without one."""
-    model_json = folder / "model.json"
+    from defect_pipeline.ml.package import MODEL_FILE
+
+    model_json = folder / MODEL_FILE
     if not model_json.is_file():
         return ()
     return tuple(json.loads(model_json.read_text()).get("tta") or ())

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from defect_pipeline.config.base import Devices, StrictModel
 from defect_pipeline.config.training import STAGES
+
+
+def _each_flip_once(flips: list[str]) -> list[str]:
+    if len(set(flips)) != len(flips):
+        raise ValueError(f"tta lists a flip twice: {flips}")
+    return flips
+
+
+# test-time flips (thresholds, inference, ensemble): hflip / vflip, each at most once
+Flips = Annotated[list[Literal["hflip", "vflip"]], AfterValidator(_each_flip_once)]
 
 
 class ThresholdsParams(StrictModel):
@@ -36,7 +46,7 @@ class ThresholdsParams(StrictModel):
         0.02, ge=0.0, le=1.0, description="largest fall of the split's mIoU incl. background (fixed 0.5 / 0 px → "
                                           "tuned) that a tuned pixel threshold and min area may cause; more, and "
                                           "the fixed ones are kept (1: no limit)")
-    tta: list[Literal["hflip", "vflip"]] = Field(
+    tta: Flips = Field(
         [], description="test-time flips the operating point is tuned with; the tuned model package keeps them, "
                         "so evaluate, export checks, inference and the MLflow model predict the same way "
                         "(1 + len(tta) forward passes per image)")
@@ -56,8 +66,6 @@ class ThresholdsParams(StrictModel):
             raise ValueError(f"criterion {self.criterion} needs 'target' (e.g. 0.05)")
         if any(a < 0 for a in self.min_area_candidates):
             raise ValueError("min_area_candidates must be >= 0")
-        if len(set(self.tta)) != len(self.tta):
-            raise ValueError(f"tta lists a flip twice: {self.tta}")
         return self
 
 
@@ -110,7 +118,7 @@ class InferenceParams(StrictModel):
     write_masks: bool = True
     write_overlays: bool = True
     follow_symlinks: bool = Field(False, description="read symlinked files that point outside input_dir")
-    tta: list[Literal["hflip", "vflip"]] | None = Field(
+    tta: Flips | None = Field(
         None, description="test-time flips for a single model; null = the model package's (the thresholds.tta its "
                           "operating point was tuned with), [] = none (an ensemble.json brings its own)")
     tile_overlap: float = Field(0.25, ge=0.0, le=0.9,
@@ -127,7 +135,7 @@ class EnsembleParams(StrictModel):
                         "(models:/<name>@<alias> for a registered version); "
                         "one member = test-time augmentation of a single model")
     weights: list[float] | None = Field(None, description="one per member (normalised); null = equal")
-    tta: list[Literal["hflip", "vflip"]] = Field([], description="test-time flips, averaged back in mask space")
+    tta: Flips = Field([], description="test-time flips, averaged back in mask space")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -137,8 +145,6 @@ class EnsembleParams(StrictModel):
             raise ValueError(f"weights has {len(self.weights)} values for {len(self.members)} members")
         if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
             raise ValueError("weights must be non-negative with a positive sum")
-        if len(set(self.tta)) != len(self.tta):
-            raise ValueError(f"tta lists a flip twice: {self.tta}")
         return self
 
 
