@@ -61,7 +61,7 @@ class FakeClock:
         return self.now
 
 
-def test_the_timer_skips_the_first_steps_leaves_validations_out_and_estimates_twice() -> None:
+def test_the_timer_skips_the_first_steps_leaves_validations_out_and_estimates_after_every_validation() -> None:
     clock = FakeClock()
     budget = BudgetSchedule(1000.0, steps_per_validation=50, validation_batches=10, accumulate_grad_batches=1,
                             min_steps=1, clock=clock, started=0.0)
@@ -85,8 +85,18 @@ def test_the_timer_skips_the_first_steps_leaves_validations_out_and_estimates_tw
     again = budget.propose(25)
     assert again["validation_seconds"] == pytest.approx(8.0) and again["step_seconds"] == pytest.approx(2.0)
     budget.accept(again)
-    clock.now += 2.0
-    assert not budget.step_ended()  # two estimates: no more timing
+    for step in range(26, 36):  # the machine slows down: 4 s per step from here
+        clock.now += 4.0
+        assert not budget.step_ended() and budget.propose(step) is None  # no validation since the estimate
+    budget.validation_took(10.0)
+    clock.now += 10.0 + 4.0
+    assert budget.step_ended()
+    third = budget.propose(36)  # the steps since the last estimate, and the last validations: the new speed
+    assert third["step_seconds"] == pytest.approx(4.0) and third["validation_seconds"] == pytest.approx(26 / 3)
+    assert third["elapsed_s"] == pytest.approx(clock.now)
+    assert third["total_steps"] == estimate_total_steps(budget_s=1000.0, elapsed_s=clock.now, steps_done=36,
+                                                        step_seconds=4.0, validation_seconds=26 / 3,
+                                                        steps_per_validation=50) < again["total_steps"]
 
 
 def test_a_slow_step_ends_the_measurement_early() -> None:
@@ -112,11 +122,26 @@ class ClockedSquares(Squares):
         return super().__getitem__(i) if self.noise else dict(self.items[i])
 
 
-def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, training_logger=None, progress=False):
+class SlowingSquares(ClockedSquares):
+    """ClockedSquares whose draws take ``factor`` times as long once the clock passed ``after`` seconds."""
+
+    def __init__(self, *args, after: float, factor: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.after, self.factor = after, factor
+
+    def __getitem__(self, i: int) -> dict:
+        if self.clock.now >= self.after:
+            self.clock.now += self.seconds * (self.factor - 1)
+        return super().__getitem__(i)
+
+
+def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, training_logger=None, progress=False,
+               train_data=None):
     torch.manual_seed(0)
     loss_fn = MultitaskLoss(ClassificationLoss(LABELS.num_image_classes), SegmentationLoss("multiclass"),
                             weighting="dynamic", alpha_start=0.5, alpha_end=1.0, beta_start=1.0, beta_end=0.3)
-    train_loader = DataLoader(ClockedSquares(24, 1, clock, 0.25), batch_size=4, shuffle=True,
+    train_data = ClockedSquares(24, 1, clock, 0.25) if train_data is None else train_data
+    train_loader = DataLoader(train_data, batch_size=4, shuffle=True,
                               generator=torch.Generator().manual_seed(0))
     val_loader = DataLoader(ClockedSquares(9, 2, clock, 0.1, noise=False), batch_size=4)
     result = train(TinyNet(), loss_fn, train_loader, val_loader, metrics=MultitaskMetrics(LABELS, "multiclass"),
@@ -129,12 +154,15 @@ def budget_run(store_path: Path, clock: FakeClock, budget_s: float = 60.0, train
 def test_the_stage_ends_at_the_estimated_step_with_the_schedules_spanning_it(tmp_path: Path) -> None:
     """1 s per step (6 per epoch), 0.9 s per validation, a 60 s budget. First estimate after 3 timed steps
     (3 s = 5% of the budget) at step 6, the validation guessed (3 batches x 1 s / 3 = 1 s): 6 + (60 - 6 - 1) /
-    (1 + 1/6) = 51; again at step 7, after epoch 1's validation (0.9 s): 7 + (60 - 7.9 - 0.9) / 1.15 = 51."""
+    (1 + 1/6) = 51; again at step 7, after epoch 1's validation (0.9 s): 7 + (60 - 7.9 - 0.9) / 1.15 = 51, and
+    after every later validation (a steady machine: 51 each time)."""
     clock = FakeClock()
     result = budget_run(tmp_path, clock)
-    first, second = result.budget_estimates
+    first, second, *later = result.budget_estimates
     assert (first["at_step"], first["total_steps"], first["validation_measured"]) == (6, 51, False)
     assert (second["at_step"], second["total_steps"], second["validation_measured"]) == (7, 51, True)
+    assert [e["at_step"] for e in later] == [13, 19, 25, 31, 37, 43, 49]
+    assert {e["total_steps"] for e in later} == {51}
     assert second["step_seconds"] == pytest.approx(1.0) and second["validation_seconds"] == pytest.approx(0.9)
     assert result.global_step == result.total_steps == 51 and result.epochs_run == 9  # 8 epochs of 6, then 3
     assert result.stop_reason is None and [r["global_step"] for r in result.history][-2:] == [48, 51]
@@ -148,6 +176,21 @@ def test_the_stage_ends_at_the_estimated_step_with_the_schedules_spanning_it(tmp
     # and the dynamic loss weights reach their ends at step 51 too
     assert result.history[-1]["loss_weight_beta"] == pytest.approx(
         dynamic_weight(50, total_steps=51, start=1.0, end=0.3), rel=1e-6)
+
+
+def test_a_machine_that_slows_mid_stage_still_ends_the_stage_within_its_budget(tmp_path: Path) -> None:
+    """From 20 s on every training sample takes 0.5 s (a step 2 s instead of 1). The first estimates (steps 6
+    and 7, at 1 s per step) say 51 steps; run to the end, those would take about 20 + 2 x 32 + 7 validations =
+    90 s. Re-estimated after every validation from the steps since the last estimate, the stage ends near its
+    60 s, and its LR schedule still reaches its end on the last step."""
+    clock = FakeClock()
+    result = budget_run(tmp_path, clock, train_data=SlowingSquares(24, 1, clock, 0.25, after=20.0, factor=2.0))
+    estimates = result.budget_estimates
+    assert estimates[0]["total_steps"] == estimates[1]["total_steps"] == 51
+    assert estimates[-1]["step_seconds"] == pytest.approx(2.0) and estimates[-1]["total_steps"] < 40
+    assert result.global_step == result.total_steps == estimates[-1]["total_steps"]
+    assert 60 - 3 < clock.now <= 60 + 1  # within a step of its budget (was about 90 s with the first estimate)
+    assert result.steps[-1]["lr_head"] < 1e-2 * 0.02  # the cosine reached its end with the stage
 
 
 def test_the_progress_bar_shows_the_epoch_count_once_the_budget_is_measured(tmp_path: Path, capsys) -> None:
@@ -164,7 +207,9 @@ def test_a_resumed_budget_stage_keeps_its_length_and_ends_as_the_uninterrupted_o
         budget_run(tmp_path / "split", FakeClock(), training_logger=InterruptAfter(3))
     resumed = budget_run(tmp_path / "split", FakeClock(500.0))  # another clock: the length comes from last.pt
     assert resumed.resumed_from_epoch == 3 and resumed.global_step == resumed.total_steps == full.total_steps
-    assert resumed.budget_estimates == full.budget_estimates
+    # the estimates its checkpoint recorded, and no more (the interrupted run's budget time is not known to it)
+    assert resumed.budget_estimates == full.budget_estimates[:len(resumed.budget_estimates)]
+    assert len(resumed.budget_estimates) == 3  # steps 6, 7 and 13: the checkpoint of epoch 3 (step 18) holds them
     assert [r["lr_head"] for r in resumed.steps] == [r["lr_head"] for r in full.steps]
     assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in full.history], rel=1e-6)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from defect_pipeline.ml.checkpoint import CheckpointStore
 from defect_pipeline.ml.distributed import Processes
-from defect_pipeline.ml.engine.budget import ESTIMATES, BudgetSchedule
+from defect_pipeline.ml.engine.budget import BudgetSchedule
 from defect_pipeline.ml.engine.interface import EngineConfig, TrainingLogger
 from defect_pipeline.ml.engine.start import resize_schedule
 from defect_pipeline.ml.engine.state import Trainables, TrainState
@@ -73,7 +73,7 @@ def start_budget(setup: TrainingSetup, state: TrainState) -> BudgetSchedule:
                           validation_batches=len(setup.val_loader),
                           accumulate_grad_batches=config.accumulate_grad_batches,
                           min_steps=max(config.warmup_steps(per_epoch), 1), clock=setup.clock,
-                          started=setup.run_started, done=ESTIMATES if state.budget else 0)
+                          started=setup.run_started, frozen=bool(state.budget))
 
 
 def follow_budget(setup: TrainingSetup, state: TrainState) -> None:
