@@ -185,18 +185,19 @@ def _train_batch(setup: TrainingSetup, state: TrainState, progress: EpochProgres
             out = setup.trained(batch.image)
             loss = parts.loss_fn(out.seg_logits.float(), out.cls_logits.float(), batch.mask, batch.label,
                                  step=state.global_step, total_steps=setup.total_steps)
-        total = float(loss.total.detach())
-        finite = all_finite(processes, total)
-        # phase 3: backward, accumulated over accumulate_grad_batches batches
-        if finite:
-            parts.scaler.scale(loss.total / config.accumulate_grad_batches).backward()
-    if not finite:
+        # phase 3: backward, accumulated over accumulate_grad_batches batches; queued before the batch's one
+        # wait for the device (its figures below), so a GPU computes while the CPU queues the backward
+        parts.scaler.scale(loss.total / config.accumulate_grad_batches).backward()
+    correct = (out.cls_logits.detach().argmax(dim=1) == batch.label).sum()  # training accuracy, no RNG
+    total, cls, seg, correct = torch.stack([loss.total.detach().float(), loss.cls.float(), loss.seg.float(),
+                                            correct.float()]).tolist()
+    if not all_finite(processes, total):  # checked before the optimizer step: no weight sees these gradients
+        parts.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(
             f"non-finite loss at step {state.global_step}, epoch {progress.epoch}, batch {index} (this process: "
-            f"{total}, cls {float(loss.cls):.4g}, seg {float(loss.seg):.4g}); weights were not updated and no "
+            f"{total}, cls {cls:.4g}, seg {seg:.4g}); weights were not updated and no "
             "checkpoint was written. Lower the learning rate or check this batch's images.")
-    correct = float((out.cls_logits.detach().argmax(dim=1) == batch.label).sum())  # training accuracy, no RNG
-    progress.add_batch(len(batch), total, loss, correct)
+    progress.add_batch(len(batch), total, cls, seg, loss.weights, correct)
     if steps_now:
         average_gradients(processes, list(parts.loss_fn.parameters()))
         progress.end_step(state.global_step + 1, dropout, parts.optimizer.param_groups)

@@ -83,18 +83,20 @@ class EpochProgress:
         return cls(epoch=epoch, sums=dict(previous.sums), seen=previous.seen, weights=dict(previous.weights),
                    seen_before=previous.seen_before, started=previous.started)
 
-    def add_batch(self, size: int, total: float, loss: Any, correct: float = 0.0) -> None:
-        """Count a trained batch of ``size`` samples: its total loss ``total``, ``loss``'s parts and weights, and
-        ``correct``, how many of its images the classification head got right (the training accuracy)."""
+    def add_batch(self, size: int, total: float, cls: float, seg: float, weights: dict[str, float],
+                  correct: float = 0.0) -> None:
+        """Count a trained batch of ``size`` samples: its total loss ``total``, the task losses ``cls`` and
+        ``seg``, the loss ``weights``, and ``correct``, how many of its images the classification head got
+        right (the training accuracy)."""
         self.accumulated_loss += total
         self.accumulated_batches += 1
         self.batches_done += 1
         self.seen += size
         self.sums["train_loss"] += total * size
-        self.sums["train_cls_loss"] += float(loss.cls) * size
-        self.sums["train_seg_loss"] += float(loss.seg) * size
+        self.sums["train_cls_loss"] += cls * size
+        self.sums["train_seg_loss"] += seg * size
         self.sums["train_accuracy"] += correct
-        self.weights = loss.weights
+        self.weights = weights
 
     def end_step(self, step: int, dropout: float, param_groups: list[dict[str, Any]]) -> None:
         """Record optimizer step ``step`` (mean loss of its accumulated batches, dropout, LR per group)."""
