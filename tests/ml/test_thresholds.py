@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from defect_pipeline.ml.labels import LabelSpace
 from defect_pipeline.ml.thresholds import (
     PixelHistogram,
     RegionStats,
+    select_class_thresholds,
     select_min_area,
     select_pixel_threshold,
     select_threshold,
@@ -115,3 +117,26 @@ def test_min_area_is_chosen_among_the_allowed_candidates_only() -> None:
     assert select_min_area(stats, [2, 4], allowed=[0, 4])["min_area"] == 4   # 2 would be best, but is not allowed
     assert select_min_area(stats, [2, 4], allowed=[])["min_area"] == 0       # nothing allowed: keep every region
     assert len(select_min_area(stats, [2, 4], allowed=[0])["candidates"]) == 3  # every candidate is still reported
+
+
+def _under_called_b(wrong: int) -> tuple[np.ndarray, np.ndarray]:
+    """20 images of each of a, b, c (no defect-free class); ``wrong`` b images have b just under a, so the
+    argmax calls them a and a lower threshold for b (0.4) would turn them right."""
+    rows = [[0.8, 0.1, 0.1]] * 20 + [[0.45, 0.4, 0.15]] * wrong + [[0.1, 0.8, 0.1]] * (20 - wrong) + \
+        [[0.1, 0.1, 0.8]] * 20
+    return np.asarray(rows, dtype=np.float32), np.repeat([0, 1, 2], 20)
+
+
+def test_per_class_thresholds_are_kept_only_when_their_gain_on_val_is_beyond_chance() -> None:
+    labels = LabelSpace(("a", "b", "c"), has_good=False)
+    # 15 of 20 b images turned right, none wrong: 15 > 2 x sqrt(15)
+    per_class, report = select_class_thresholds(*_under_called_b(15), labels)
+    assert report["used"] and per_class["b"] == pytest.approx(0.4)
+    assert report["images_changed"] == {"better": 15, "worse": 0, "required_margin": pytest.approx(2 * 15 ** 0.5),
+                                        "sigmas": 2.0}
+    # 2 images turned right raise the macro F1 too, but 2 > 2 x sqrt(2) does not hold: the argmax stays
+    per_class, report = select_class_thresholds(*_under_called_b(2), labels)
+    f1 = report["val_macro_f1_among_defects"]
+    assert f1["per_class_thresholds"] > f1["argmax"] and not report["used"] and per_class == {}
+    # sigmas 0: any gain is kept (the rule before this check)
+    assert select_class_thresholds(*_under_called_b(2), labels, sigmas=0.0)[1]["used"]

@@ -133,8 +133,8 @@ def tune_thresholds(dataset: ManifestDataset, predictor: Predictor, *, criterion
                                 warning="no defect-free class: every image is a defect, the image threshold "
                                         "does not apply")
     pixel = select_pixel_threshold(confusion.histogram(), metric=pixel_metric)
-    classes, class_report = select_class_thresholds(class_probs, targets_arr, labels) if per_class else \
-        ({}, {"used": False, "reason": "thresholds.per_class is false"})
+    classes, class_report = (select_class_thresholds(class_probs, targets_arr, labels, sigmas=rules.signal_sigmas)
+                             if per_class else ({}, {"used": False, "reason": "thresholds.per_class is false"}))
     verdicts = {"image": judge_image(class_probs, targets_arr, labels, image, classes, criterion=criterion,
                                      target=target, rules=rules),
                 "pixel": judge_pixel(confusion, pixel, metric=pixel_metric, rules=rules)}
