@@ -14,9 +14,9 @@ backbone (default: convnext_atto, convnext_tiny and a ViT-B, each with its defau
   ``--workers`` processes), the rate above which the data, not the model, limits training.
 
 The command imports only the library (no Kedro, no MLflow) and installs nothing, so it runs on a GPU
-machine that has the library's own requirements without Kedro and MLflow (torch, timm,
-segmentation-models-pytorch, albumentations, imagehash, pandas, torchmetrics, opencv). Without CUDA (and without ``--device cpu``, which measures on the
-CPU as a smoke test) it writes the section saying "not measured", with the command to run.
+machine that has the library's own requirements without Kedro and MLflow (:data:`REQUIREMENTS`).
+Without CUDA (and without ``--device cpu``, which measures on the CPU as a smoke test) it writes the
+section saying "not measured", with the command to run.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from defect_pipeline.benchmarks import describe_machine, write_section
 SECTION = "gpu"
 DEFAULT_BACKBONES = ("convnext_atto", "convnext_tiny", "vit_base_patch16_224")
 COMMAND = "python -m defect_pipeline.benchmarks gpu --doc docs/benchmarks.md"
+REQUIREMENTS = ("torch, timm, segmentation-models-pytorch, albumentations, imagehash, pandas, torchmetrics, "
+                "opencv")  # what the library imports on this command's path (no Kedro, no MLflow)
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
                    "V100": 125e12, "RTX 4090": 165e12}  # dense bf16 (V100: fp16) tensor-core peaks, datasheets
 
@@ -259,9 +261,8 @@ def not_measured(args: argparse.Namespace) -> str:
     return "\n".join([
         "## GPU: engine vs bare loop, MFU, inference and the loader ceiling", "",
         f"**Not measured**: no CUDA device on the machine this section was written on ({describe_machine()}). "
-        "On a GPU machine (the library's requirements without Kedro and MLflow: torch, timm, "
-        "segmentation-models-pytorch, albumentations, imagehash, pandas, torchmetrics, opencv), from the repository "
-        "root:", "", "```bash", f"PYTHONPATH=src {COMMAND}", "```", "",
+        f"On a GPU machine (the library's requirements without Kedro and MLflow: {REQUIREMENTS}), from the "
+        "repository root:", "", "```bash", f"PYTHONPATH=src {COMMAND}", "```", "",
         "It measures, in one run, for convnext_atto, convnext_tiny and a ViT-B (224 px, bf16): our engine vs a "
         "bare PyTorch loop at the same settings (goal ≥ 0.9), training samples/s and an MFU estimate, inference "
         "images/s, and the data loader's ceiling. Goals on an H200-class GPU (issue 16): ≥ 5,000 training samples/s "

@@ -38,9 +38,9 @@ class ThresholdsParams(StrictModel):
     signal_sigmas: float = Field(
         2.0, ge=0.0, description="the image thresholds are tuned only when the image AUROC on the split exceeds 0.5 by "
                                  "this many standard deviations of a random scorer's AUROC on the same counts; "
-                                 "otherwise the model has no signal and the fixed 0.5 is kept (0: any AUROC above 0.5); "
-                                 "per-class thresholds likewise need the val images they decide differently from "
-                                 "the argmax to favour them by this many standard deviations (McNemar)")
+                                 "otherwise the model has no signal and the fixed 0.5 is kept (0: any AUROC above "
+                                 "0.5); per-class thresholds likewise need the val images they decide differently "
+                                 "from the argmax to favour them by this many standard deviations (McNemar)")
     max_accuracy_drop: float = Field(
         0.02, ge=0.0, le=1.0, description="largest fall of the split's image accuracy (fixed 0.5 → tuned) that tuned "
                                           "image/per-class thresholds may cause; more, and the fixed ones are kept "
